@@ -1,0 +1,108 @@
+"""Unconditional 1-channel DDPM pipeline for CT and X-ray, with a sound fast sampler by default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .base import MedPipelineMixin, register_with_diffusers
+from .output import postprocess
+
+DEFAULT_FAST_STEPS = 25
+
+
+@dataclass
+class MedImagePipelineOutput(BaseOutput):
+    """``images``: PIL "L" images, or arrays/tensors as asked by ``output_type``."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+def fast_scheduler(train_scheduler_config: Any) -> DPMSolverMultistepScheduler:
+    """DPM-Solver++(2M) set up to sample pixel-space images soundly in 25 steps or fewer.
+
+    The usual ``DPMSolverMultistepScheduler.from_config(ddpm.config)`` swap silently drops DDPM's
+    ``clip_sample=True``: DPM-Solver++ then trusts every x0 prediction, and a model that is still
+    imprecise at high noise predicts x0 far outside [-1, 1]; the multistep extrapolation carries that
+    into all-black, all-white or flat images. Thresholding x0 to the data range (``sample_max_value=1``
+    makes dynamic thresholding a plain clip, what DDPM does at every step) restores the guard; trailing
+    timestep spacing starts the solver at the last training step, where x_T really is N(0, I).
+    """
+    return DPMSolverMultistepScheduler.from_config(
+        train_scheduler_config,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        thresholding=True,
+        dynamic_thresholding_ratio=0.995,
+        sample_max_value=1.0,
+        timestep_spacing="trailing",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
+
+
+class MedDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
+    """Generate 1-channel medical images with an unconditional denoising U-Net.
+
+    Args:
+        unet: ``LightUNet2DModel`` or diffusers ``UNet2DModel`` predicting noise (or v / x0 as its
+            scheduler's ``prediction_type`` says).
+        scheduler: any diffusers scheduler; medsd saves :func:`fast_scheduler` as the default.
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: Any, scheduler: Any):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.intensity_mapping = None
+        self.medsd_metadata = {}
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        image_size: int | tuple[int, int] | None = None,
+        return_dict: bool = True,
+    ) -> MedImagePipelineOutput | tuple:
+        """Sample ``batch_size`` images.
+
+        Args:
+            num_inference_steps: defaults to all training steps for ``DDPMScheduler`` and 25 otherwise.
+            output_type: "pil" (mode "L"), "np" (float in [0, 1]), "pt" (tensor in [-1, 1]), "uint16",
+                or "native" (original units, e.g. HU, through the saved intensity mapping).
+            image_size: output size (int or (H, W)); defaults to the U-Net's ``sample_size``.
+        """
+        size = image_size or self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        if num_inference_steps is None:
+            is_ddpm = isinstance(self.scheduler, DDPMScheduler)
+            num_inference_steps = self.scheduler.config.num_train_timesteps if is_ddpm else DEFAULT_FAST_STEPS
+        shape = (batch_size, self.unet.config.out_channels, height, width)
+        image = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        image = image * self.scheduler.init_noise_sigma
+
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = self.scheduler.scale_model_input(image, t)
+            model_output = self.unet(model_input, t).sample
+            image = self.scheduler.step(model_output, t, image, generator=generator).prev_sample
+
+        images = postprocess(image, output_type, self.intensity_mapping)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return MedImagePipelineOutput(images=images)
+
+
+register_with_diffusers(MedDDPMPipeline)

@@ -1,0 +1,193 @@
+"""Typed training configs: dataclasses loadable from YAML and overridable on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of the shared training loop; each model family's config extends it."""
+
+    output_dir: str = "outputs/run"
+    seed: int = 0
+    max_train_steps: int = 1000
+    train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    scale_lr: bool = False
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    use_8bit_adam: bool = False
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"
+    """'auto' (bf16 on GPUs that support it, else fp16 on CUDA, else no), 'no', 'fp16' or 'bf16'."""
+    allow_tf32: bool = True
+    torch_compile: bool = False
+    channels_last: bool = False
+    gradient_checkpointing: bool = False
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    ema_power: float = 0.75
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder, or 'latest'."""
+    validation_steps: int = 500
+    num_validation_images: int = 16
+    logging_steps: int = 10
+    report_to: str = "tensorboard"
+    """'tensorboard' (when installed), 'none', or any tracker accelerate knows."""
+    dataloader_num_workers: int = 0
+    cache_images_on_device: bool = True
+    """Decode the dataset once into a uint8 tensor on the training device (when the task supports it)."""
+    overwrite_output_dir: bool = False
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = True
+    progress_bar: bool = True
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[field.name]
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _convert(value: Any, tp: Any, name: str) -> Any:
+    base, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if not optional and value is None:
+            raise ValueError(f"config field '{name}': expected {base}, got None")
+        return None
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if base in (int, float, str):
+            if base is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return base(value)
+        if origin in (list, tuple):
+            (item_tp, *_) = typing.get_args(base) or (Any,)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v != ""]
+            items = [_convert(v, item_tp, name) if item_tp is not Any else v for v in value]
+            return items if origin is list else tuple(items)
+        if origin is dict or base is dict:
+            return json.loads(value) if isinstance(value, str) else dict(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config field '{name}': expected {base}, got {value!r}") from None
+    return value
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build ``cls`` from a mapping, converting types and rejecting unknown keys with a clear error."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(fields)}")
+    kwargs = {k: _convert(v, _field_type(cls, fields[k]), k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of field: value at the top level")
+    return data
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (the record of what a run used)."""
+    with open(path, "w") as f:
+        yaml.safe_dump(dataclasses.asdict(config), f, sort_keys=False)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add ``--config FILE`` and one ``--<field>`` flag per dataclass field (help from field docs)."""
+    parser.add_argument("--config", default=None, help="YAML file with field: value pairs (flags override it)")
+    docs = _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        tp, _ = _unwrap_optional(_field_type(cls, f))
+        help_text = docs.get(f.name, "")
+        help_text = f"{help_text} (default: {default})".strip()
+        if tp is bool:
+            parser.add_argument(
+                f"--{f.name}", nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL", help=help_text
+            )
+        else:
+            parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Defaults, then the YAML given by ``--config``, then explicit flags."""
+    data: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        data.update(load_yaml(args.config))
+    names = {f.name for f in dataclasses.fields(cls)}
+    data.update({k: v for k, v in vars(args).items() if k in names})
+    return config_from_dict(cls, data, source=getattr(args, "config", None) or "command line")
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
+    parser = argparse.ArgumentParser(description=description or cls.__doc__)
+    add_config_arguments(parser, cls)
+    return config_from_args(cls, parser.parse_args(argv))
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Field docstrings (the string literal after a field) read from the source, for ``--help``."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                    docs[node.target.id] = str(nxt.value.value).strip()
+    return docs

@@ -1,0 +1,97 @@
+"""Training-data settings shared by the model families' configs, turned into a ``medsd.data`` dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass
+class DataArgs:
+    """Where training images come from and how they are prepared."""
+
+    train_data: str = "phantom"
+    """'phantom' (generated chest radiographs), 'phantom-ct', a folder (labels from sub-folders), a
+    metadata CSV, or a Hugging Face datasets id / local dataset folder ('hf:NAME')."""
+    image_column: str = "filename"
+    """Image path column of a metadata CSV (or image column of a datasets dataset)."""
+    label_column: str | None = None
+    caption_column: str | None = None
+    patient_column: str | None = None
+    """Patient id column: splits never put one patient on both sides."""
+    prompt_template: str | None = None
+    """e.g. 'a chest x-ray, {label}' (fields from the metadata)."""
+    data_split: str = "train"
+    """train, val, test or all (patient-level split of the source)."""
+    resolution: int = 64
+    crop: str = "center"
+    """center or random."""
+    affine_jitter: bool = False
+    random_flip: bool = False
+    """Off by default: a flip swaps left and right in a chest X-ray."""
+    intensity: str = "window"
+    """window (fixed 0..255 for 8-bit images; see window_low/high), minmax or percentile."""
+    window_low: float | None = None
+    window_high: float | None = None
+    max_train_samples: int | None = None
+    phantom_count: int = 512
+    finding_probability: float = 0.5
+    skip_bad_images: bool = False
+    """Skip unreadable images (listed at the end) instead of stopping."""
+    streaming: bool = False
+
+
+def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
+    """The ``medsd.data.DataConfig`` these settings describe."""
+    from medsd.data import DataConfig
+
+    source, path = args.train_data, None
+    kind = "chest"
+    if source in ("phantom", "phantom-chest", "phantom-ct"):
+        kind = "ct" if source == "phantom-ct" else "chest"
+        source = "phantom"
+    elif source.startswith("hf:"):
+        source, path = "hf", source[3:]
+    elif source.endswith(".csv"):
+        source, path = "csv", source
+    else:
+        from pathlib import Path
+
+        source, path = ("folder", source) if Path(source).is_dir() else ("hf", source)
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    values = dict(
+        source=source,
+        path=path,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        caption_column=args.caption_column,
+        patient_column=args.patient_column,
+        prompt_template=args.prompt_template,
+        resolution=args.resolution,
+        crop=args.crop,
+        affine=args.affine_jitter,
+        hflip=args.random_flip,
+        intensity=args.intensity,
+        window_low=args.window_low,
+        window_high=args.window_high,
+        split=split or args.data_split,
+        seed=seed,
+        max_samples=args.max_train_samples,
+        skip_bad_images=args.skip_bad_images,
+        streaming=args.streaming,
+        phantom_kind=kind,
+        phantom_count=args.phantom_count,
+        finding_probability=args.finding_probability,
+    )
+    return DataConfig(**{k: v for k, v in values.items() if k in fields and v is not None})
+
+
+def build_training_data(args: Any, cache: bool | None = None) -> tuple[Any, Any]:
+    """(dataset, intensity mapping); decoded once into a uint8 cache when ``cache_images_on_device``."""
+    from medsd.data import UInt8ImageCache, build_dataset
+
+    dataset, mapping = build_dataset(data_config(args, seed=getattr(args, "seed", 0)))
+    use_cache = getattr(args, "cache_images_on_device", False) if cache is None else cache
+    if use_cache and not args.streaming and not args.affine_jitter and not args.random_flip and args.crop == "center":
+        dataset = UInt8ImageCache.from_dataset(dataset)
+    return dataset, mapping
