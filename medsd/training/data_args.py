@@ -13,8 +13,9 @@ class DataArgs:
     train_data: str = "phantom"
     """'phantom' (generated chest radiographs), 'phantom-ct', a folder (labels from sub-folders), a
     metadata CSV, or a Hugging Face datasets id / local dataset folder ('hf:NAME')."""
-    image_column: str = "filename"
-    """Image path column of a metadata CSV (or image column of a datasets dataset)."""
+    image_column: str | None = None
+    """Image path column of a metadata CSV (default 'filename') or image column of a datasets dataset
+    (default 'image')."""
     label_column: str | None = None
     caption_column: str | None = None
     patient_column: str | None = None
@@ -72,8 +73,7 @@ def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
         affine=args.affine_jitter,
         hflip=args.random_flip,
         intensity=args.intensity,
-        window_low=args.window_low,
-        window_high=args.window_high,
+        window=(args.window_low, args.window_high) if args.window_low is not None else None,
         split=split or args.data_split,
         seed=seed,
         max_samples=args.max_train_samples,

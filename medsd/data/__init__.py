@@ -1,0 +1,61 @@
+"""Medical-image data layer: readers/writers, intensity mappings, transforms, datasets and phantoms.
+
+Names are imported lazily (PEP 562) so that ``import medsd.data`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MedImageError": "errors",
+    "IntensityMapping": "intensity",
+    "WindowMapping": "intensity",
+    "MinMaxMapping": "intensity",
+    "PercentileMapping": "intensity",
+    "mapping_from_dict": "intensity",
+    "MedImage": "io",
+    "read_image": "io",
+    "read_nifti_slices": "io",
+    "dicom_window": "io",
+    "write_png8": "io",
+    "write_png16": "io",
+    "write_dicom_secondary_capture": "io",
+    "resize_short_side": "transforms",
+    "center_crop": "transforms",
+    "random_crop": "transforms",
+    "random_affine": "transforms",
+    "hflip": "transforms",
+    "ImageTransform": "transforms",
+    "Finding": "phantoms",
+    "chest_phantom": "phantoms",
+    "ct_phantom": "phantoms",
+    "phantom_mask": "phantoms",
+    "PhantomDataset": "phantoms",
+    "PromptTemplate": "datasets",
+    "patient_split": "datasets",
+    "FolderImageDataset": "datasets",
+    "CSVImageDataset": "datasets",
+    "HFImageDataset": "datasets",
+    "HFStreamingImageDataset": "datasets",
+    "DataConfig": "datasets",
+    "build_dataset": "datasets",
+    "collate_items": "datasets",
+    "UInt8ImageCache": "datasets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medsd.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,7 @@
+"""Errors raised by the data layer."""
+
+from __future__ import annotations
+
+
+class MedImageError(ValueError):
+    """A bad input file, field or setting; the message is one line naming the culprit and what was expected."""
