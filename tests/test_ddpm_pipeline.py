@@ -1,0 +1,147 @@
+"""MedDDPMPipeline: save/load through medsd and plain diffusers, scheduler swap, outputs, DDPM training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+
+from medsd.data import WindowMapping
+from medsd.models import LightUNet2DModel
+from medsd.pipelines.ddpm import MedDDPMPipeline, fast_scheduler
+
+
+@pytest.fixture
+def pipe():
+    torch.manual_seed(0)
+    unet = LightUNet2DModel(sample_size=16, block_out_channels=(8, 16), norm_num_groups=4)
+    train_sched = DDPMScheduler(num_train_timesteps=100)
+    p = MedDDPMPipeline(unet=unet, scheduler=fast_scheduler(train_sched.config))
+    p.intensity_mapping = WindowMapping(-1000.0, 400.0)  # e.g. HU
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _sample(p, seed=0, **kw):
+    return p(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(seed), **kw).images
+
+
+def test_outputs_are_one_channel_in_every_type(pipe):
+    pil = _sample(pipe)
+    assert len(pil) == 2 and pil[0].mode == "L" and pil[0].size == (16, 16)
+    arr = _sample(pipe, output_type="np")
+    assert arr.shape == (2, 16, 16) and arr.min() >= 0 and arr.max() <= 1
+    pt = _sample(pipe, output_type="pt")
+    assert pt.shape == (2, 1, 16, 16)
+    u16 = _sample(pipe, output_type="uint16")
+    assert u16.dtype == np.uint16
+    hu = _sample(pipe, output_type="native")
+    assert hu.min() >= -1000 - 1e-3 and hu.max() <= 400 + 1e-3
+    np.testing.assert_allclose(hu, -1000 + arr * 1400, rtol=1e-5, atol=1e-2)
+    with pytest.raises(ValueError, match="output_type"):
+        _sample(pipe, output_type="rgb")
+
+
+def test_same_seed_same_images_and_other_seed_differs(pipe):
+    a, b, c = _sample(pipe, 1, output_type="np"), _sample(pipe, 1, output_type="np"), _sample(pipe, 2, output_type="np")
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_roundtrip_through_medsd_and_plain_diffusers(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_medsd", "MedDDPMPipeline"]
+    expected = _sample(pipe, 3, output_type="np")
+
+    loaded = MedDDPMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(_sample(loaded, 3, output_type="np"), expected, atol=1e-5)
+    assert loaded.intensity_mapping.to_dict() == pipe.intensity_mapping.to_dict()
+    assert isinstance(loaded.scheduler, DPMSolverMultistepScheduler) and loaded.scheduler.config.thresholding
+
+    plain = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(plain).__name__ == "MedDDPMPipeline"
+    plain.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(_sample(plain, 3, output_type="np"), expected, atol=1e-5)
+
+    from medsd.pipelines.auto import MedPipeline
+
+    auto = MedPipeline.from_pretrained(str(tmp_path))
+    auto.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(_sample(auto, 3, output_type="np"), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler])
+def test_scheduler_swap(pipe, scheduler_cls):
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    out = _sample(pipe, output_type="np")
+    assert out.shape == (2, 16, 16) and np.isfinite(out).all()
+
+
+def test_default_steps_are_fast_unless_ddpm(pipe):
+    calls = []
+    pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    pipe(batch_size=1, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 25
+    calls.clear()
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    pipe(batch_size=1, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 100  # all training steps
+
+
+def test_fast_scheduler_keeps_x0_in_range():
+    """The medsd sampler clips x0 like DDPM's clip_sample; the stock swap does not."""
+    cfg = DDPMScheduler(num_train_timesteps=1000).config
+    ours, stock = fast_scheduler(cfg), DPMSolverMultistepScheduler.from_config(cfg)
+    assert ours.config.thresholding and ours.config.sample_max_value == 1.0
+    assert not stock.config.thresholding
+    # A model that predicts far too little noise at high t makes x0 = x_t / sqrt(abar_t) explode.
+    x = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    bad_eps = torch.zeros_like(x)
+    x0 = {}
+    for name, sched in (("ours", ours), ("stock", stock)):
+        sched.set_timesteps(10)
+        sched._init_step_index(sched.timesteps[0])
+        x0[name] = sched.convert_model_output(bad_eps, sample=x)
+    assert x0["ours"].abs().max() <= 1.0 + 1e-6
+    assert x0["stock"].abs().max() > 10
+
+
+def test_ddpm_training_end_to_end(tmp_path):
+    from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
+
+    cfg = DDPMTrainConfig(
+        output_dir=str(tmp_path / "run"),
+        resolution=16,
+        phantom_count=32,
+        data_split="all",
+        block_out_channels=[8, 16],
+        max_train_steps=6,
+        train_batch_size=4,
+        checkpointing_steps=3,
+        validation_steps=6,
+        num_validation_images=4,
+        validation_inference_steps=3,
+        logging_steps=2,
+        report_to="none",
+        progress_bar=False,
+        use_ema=True,
+    )
+    from medsd.models import presets
+
+    presets.PRESETS["light-tiny"]["norm_num_groups"], old = 4, presets.PRESETS["light-tiny"]["norm_num_groups"]
+    try:
+        result = train_ddpm(cfg)
+    finally:
+        presets.PRESETS["light-tiny"]["norm_num_groups"] = old
+    assert result.global_step == 6
+    out = tmp_path / "run"
+    assert (out / "samples" / "step-0000006.png").is_file()
+    assert "medsd" in (out / "README.md").read_text()
+    loaded = MedDDPMPipeline.from_pretrained(out)
+    assert loaded.intensity_mapping is not None and loaded.medsd_metadata["family"] == "ddpm"
+    assert loaded.unet.config.block_out_channels == [8, 16] or tuple(loaded.unet.config.block_out_channels) == (8, 16)
