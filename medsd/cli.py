@@ -7,7 +7,16 @@ import importlib
 import sys
 
 # Each module in medsd/commands registers its sub-command(s); imports inside them are deferred.
-COMMAND_MODULES = ["quickstart", "train", "sample", "eval", "ablation", "xray_table", "cddpm_eval", "reader_study"]
+COMMAND_MODULES = [
+    "quickstart",
+    "train",
+    "sample",
+    "eval",
+    "ablation",
+    "xray_table",
+    "cddpm_eval",
+    "reader_study",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,11 @@ def test_outputs_are_one_channel_in_every_type(pipe):
 
 
 def test_same_seed_same_images_and_other_seed_differs(pipe):
-    a, b, c = _sample(pipe, 1, output_type="np"), _sample(pipe, 1, output_type="np"), _sample(pipe, 2, output_type="np")
+    a, b, c = (
+        _sample(pipe, 1, output_type="np"),
+        _sample(pipe, 1, output_type="np"),
+        _sample(pipe, 2, output_type="np"),
+    )
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -133,7 +137,10 @@ def test_ddpm_training_end_to_end(tmp_path):
     )
     from medsd.models import presets
 
-    presets.PRESETS["light-tiny"]["norm_num_groups"], old = 4, presets.PRESETS["light-tiny"]["norm_num_groups"]
+    presets.PRESETS["light-tiny"]["norm_num_groups"], old = (
+        4,
+        presets.PRESETS["light-tiny"]["norm_num_groups"],
+    )
     try:
         result = train_ddpm(cfg)
     finally:
@@ -144,4 +151,6 @@ def test_ddpm_training_end_to_end(tmp_path):
     assert "medsd" in (out / "README.md").read_text()
     loaded = MedDDPMPipeline.from_pretrained(out)
     assert loaded.intensity_mapping is not None and loaded.medsd_metadata["family"] == "ddpm"
-    assert loaded.unet.config.block_out_channels == [8, 16] or tuple(loaded.unet.config.block_out_channels) == (8, 16)
+    assert loaded.unet.config.block_out_channels == [8, 16] or tuple(
+        loaded.unet.config.block_out_channels
+    ) == (8, 16)

@@ -78,8 +78,12 @@ def test_timestep_reaches_only_the_intended_blocks(mode):
     # "once": the timestep changes the input features and nothing else
     x = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
-        h_a = model.conv_in(x) + (model.input_time_proj(F.silu(temb_a))[:, :, None, None] if mode == "once" else 0)
-        h_b = model.conv_in(x) + (model.input_time_proj(F.silu(temb_b))[:, :, None, None] if mode == "once" else 0)
+        h_a = model.conv_in(x) + (
+            model.input_time_proj(F.silu(temb_a))[:, :, None, None] if mode == "once" else 0
+        )
+        h_b = model.conv_in(x) + (
+            model.input_time_proj(F.silu(temb_b))[:, :, None, None] if mode == "once" else 0
+        )
     assert (not torch.allclose(h_a, h_b)) == (mode == "once")
     # and in every mode the full network output depends on t
     with torch.no_grad():

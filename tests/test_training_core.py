@@ -111,7 +111,10 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, use_ema, accu
 
 
 def test_checkpoints_are_rotated_and_carry_their_step(tmp_path):
-    train(RegressionTask(), _config(tmp_path, max_train_steps=10, checkpointing_steps=2, checkpoints_total_limit=2))
+    train(
+        RegressionTask(),
+        _config(tmp_path, max_train_steps=10, checkpointing_steps=2, checkpoints_total_limit=2),
+    )
     ckpts = list_checkpoints(tmp_path / "run")
     assert [p.name for p in ckpts] == ["checkpoint-8", "checkpoint-10"]
     meta = json.loads((ckpts[-1] / "medsd_checkpoint.json").read_text())
@@ -155,7 +158,10 @@ def test_finished_output_dir_is_not_overwritten(tmp_path):
     train(RegressionTask(), _config(tmp_path, max_train_steps=2, checkpointing_steps=0))
     with pytest.raises(FileExistsError, match="overwrite_output_dir"):
         train(RegressionTask(), _config(tmp_path, max_train_steps=2, checkpointing_steps=0))
-    result = train(RegressionTask(), _config(tmp_path, max_train_steps=2, checkpointing_steps=0, overwrite_output_dir=True))
+    result = train(
+        RegressionTask(),
+        _config(tmp_path, max_train_steps=2, checkpointing_steps=0, overwrite_output_dir=True),
+    )
     assert result.global_step == 2
 
 
@@ -173,8 +179,12 @@ def test_config_yaml_and_flags(tmp_path):
     cfg = _config(tmp_path, max_train_steps=7)
     save_config(cfg, tmp_path / "c.yaml")
     assert config_from_dict(TrainConfig, load_yaml(tmp_path / "c.yaml")) == cfg
-    parsed = parse_config(TrainConfig, ["--config", str(tmp_path / "c.yaml"), "--max_train_steps", "9", "--use_ema"])
-    assert parsed.max_train_steps == 9 and parsed.use_ema is True and parsed.learning_rate == cfg.learning_rate
+    parsed = parse_config(
+        TrainConfig, ["--config", str(tmp_path / "c.yaml"), "--max_train_steps", "9", "--use_ema"]
+    )
+    assert (
+        parsed.max_train_steps == 9 and parsed.use_ema is True and parsed.learning_rate == cfg.learning_rate
+    )
     with pytest.raises(ValueError, match="unknown field"):
         config_from_dict(TrainConfig, {"max_train_stepz": 3})
     with pytest.raises(ValueError, match="max_train_steps"):

@@ -67,11 +67,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"[1/3] training the light U-Net DDPM on {args.num_images} chest phantoms at {args.resolution} px")
     result = train_ddpm(config)
 
-    print(f"[2/3] sampling {args.num_samples} images with the fast sampler ({args.num_inference_steps} steps)")
+    print(
+        f"[2/3] sampling {args.num_samples} images with the fast sampler ({args.num_inference_steps} steps)"
+    )
     pipe = MedDDPMPipeline.from_pretrained(result.output_dir)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     generator = torch.Generator(device="cpu").manual_seed(args.seed + 1)
-    images = pipe(batch_size=args.num_samples, num_inference_steps=args.num_inference_steps, generator=generator).images
+    images = pipe(
+        batch_size=args.num_samples, num_inference_steps=args.num_inference_steps, generator=generator
+    ).images
     samples_dir, real_dir = out / "samples", out / "heldout_phantoms"
     for d in (samples_dir, real_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -79,13 +83,17 @@ def run(args: argparse.Namespace) -> int:
         img.save(samples_dir / f"sample_{i:04d}.png")
     grid = save_image_grid(images[:64], out / "samples_grid.png", cols=8)
 
-    print(f"[3/3] evaluating the samples against {args.num_samples} held-out phantoms (offline radiomics features)")
+    print(
+        f"[3/3] evaluating the samples against {args.num_samples} held-out phantoms (offline radiomics features)"
+    )
     from PIL import Image
 
     held_out = PhantomDataset(args.num_samples, size=args.resolution, kind="chest", seed=args.seed + 10_000)
     for i in range(len(held_out)):
         x = held_out.read_native(i)
-        Image.fromarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)).save(real_dir / f"phantom_{i:04d}.png")
+        Image.fromarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)).save(
+            real_dir / f"phantom_{i:04d}.png"
+        )
     report, _ = evaluate(
         EvalConfig(
             real=str(real_dir),
@@ -109,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     if dist:
         base = dist.get("real_split_half_baseline", {}).get("frechet_distance")
         base_txt = f" (two halves of real phantoms: {base:.2f})" if base is not None else ""
-        print(f"  radiomics Fréchet distance to held-out phantoms: {dist.get('frechet_distance', float('nan')):.2f}{base_txt}")
+        print(
+            f"  radiomics Fréchet distance to held-out phantoms: {dist.get('frechet_distance', float('nan')):.2f}{base_txt}"
+        )
     if degenerate is not None:
         print(f"  degenerate samples: {degenerate:.1%}")
     return 0

@@ -17,10 +17,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num_images", type=int, default=16)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--num_inference_steps", type=int, default=None, help="default: 25 (fast sampler)")
-    p.add_argument("--scheduler", default="default", choices=["default", "ddpm", "ddim", "dpm"],
-                   help="default: the pipeline's saved sampler (DPM-Solver++ with thresholding)")
-    p.add_argument("--format", default="png8", choices=["png8", "png16", "dicom"],
-                   help="png16 and dicom write original units through the saved intensity mapping")
+    p.add_argument(
+        "--scheduler",
+        default="default",
+        choices=["default", "ddpm", "ddim", "dpm"],
+        help="default: the pipeline's saved sampler (DPM-Solver++ with thresholding)",
+    )
+    p.add_argument(
+        "--format",
+        default="png8",
+        choices=["png8", "png16", "dicom"],
+        help="png16 and dicom write original units through the saved intensity mapping",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that has images")
@@ -56,8 +64,12 @@ def run(args: argparse.Namespace) -> int:
         while written < args.num_images:
             n = min(args.batch_size, args.num_images - written)
             kind = "pil" if args.format == "png8" else ("native" if pipe.intensity_mapping else "np")
-            images = pipe(batch_size=n, num_inference_steps=args.num_inference_steps, generator=generator,
-                          output_type=kind).images
+            images = pipe(
+                batch_size=n,
+                num_inference_steps=args.num_inference_steps,
+                generator=generator,
+                output_type=kind,
+            ).images
             for img in images:
                 path = out / f"sample_{written:05d}"
                 if args.format == "png8":

@@ -7,8 +7,14 @@ import importlib
 
 FAMILIES = {
     "ddpm": ("medsd.training.ddpm", "lightweight / UNet2DModel unconditional DDPM (recipes/train_ddpm.py)"),
-    "cddpm": ("medsd.training.cddpm", "image-conditioned cDDPM: sr, denoise, inpaint (recipes/train_cddpm.py)"),
-    "sd-lora": ("medsd.training.sd_lora", "Stable Diffusion text-to-X-ray LoRA (recipes/finetune_sd_xray.py)"),
+    "cddpm": (
+        "medsd.training.cddpm",
+        "image-conditioned cDDPM: sr, denoise, inpaint (recipes/train_cddpm.py)",
+    ),
+    "sd-lora": (
+        "medsd.training.sd_lora",
+        "Stable Diffusion text-to-X-ray LoRA (recipes/finetune_sd_xray.py)",
+    ),
 }
 
 

@@ -38,7 +38,16 @@ class LightUNet2DOutput(BaseOutput):
 class _Level(nn.Module):
     """ResNet blocks (optionally followed by self-attention) at one resolution."""
 
-    def __init__(self, in_ch: int, out_ch: int, n_layers: int, temb_ch: int | None, groups: int, attn: bool, dropout: float):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        n_layers: int,
+        temb_ch: int | None,
+        groups: int,
+        attn: bool,
+        dropout: float,
+    ):
         super().__init__()
         self.resnets = nn.ModuleList(
             ResnetBlock2D(
@@ -51,8 +60,16 @@ class _Level(nn.Module):
             for i in range(n_layers)
         )
         self.attentions = nn.ModuleList(
-            Attention(out_ch, heads=max(1, out_ch // 32), dim_head=min(out_ch, 32), norm_num_groups=groups,
-                      residual_connection=True, bias=True, upcast_softmax=True, _from_deprecated_attn_block=True)
+            Attention(
+                out_ch,
+                heads=max(1, out_ch // 32),
+                dim_head=min(out_ch, 32),
+                norm_num_groups=groups,
+                residual_connection=True,
+                bias=True,
+                upcast_softmax=True,
+                _from_deprecated_attn_block=True,
+            )
             for _ in range(n_layers if attn else 0)
         )
         self.uses_time = temb_ch is not None
@@ -100,7 +117,9 @@ class LightUNet2DModel(ModelMixin, ConfigMixin):
         if time_embedding not in TIME_EMBEDDING_MODES:
             raise ValueError(f"time_embedding must be one of {TIME_EMBEDDING_MODES}, got {time_embedding!r}")
         if any(c % norm_num_groups for c in block_out_channels):
-            raise ValueError(f"every entry of block_out_channels {block_out_channels} must divide by norm_num_groups={norm_num_groups}")
+            raise ValueError(
+                f"every entry of block_out_channels {block_out_channels} must divide by norm_num_groups={norm_num_groups}"
+            )
         chans = list(block_out_channels)
         temb_dim = chans[0] * 4
         self.time_proj = Timesteps(chans[0], flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -116,16 +135,22 @@ class LightUNet2DModel(ModelMixin, ConfigMixin):
         self.downsamplers = nn.ModuleList()
         for i, ch in enumerate(chans):
             prev = chans[i - 1] if i > 0 else chans[0]
-            self.down_levels.append(_Level(prev, ch, layers_per_block, down_t, norm_num_groups, i in attn, dropout))
+            self.down_levels.append(
+                _Level(prev, ch, layers_per_block, down_t, norm_num_groups, i in attn, dropout)
+            )
             if i < len(chans) - 1:
-                self.downsamplers.append(Downsample2D(ch, use_conv=True, out_channels=ch, padding=1, name="op"))
+                self.downsamplers.append(
+                    Downsample2D(ch, use_conv=True, out_channels=ch, padding=1, name="op")
+                )
         self.mid = _Level(chans[-1], chans[-1], 1, up_t, norm_num_groups, True, dropout)
         self.up_levels = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
         for i in reversed(range(len(chans))):
             in_ch = chans[i + 1] if i < len(chans) - 1 else chans[-1]
             cat = chans[i] if skip_connections else 0
-            self.up_levels.append(_Level(in_ch + cat, chans[i], layers_per_block, up_t, norm_num_groups, i in attn, dropout))
+            self.up_levels.append(
+                _Level(in_ch + cat, chans[i], layers_per_block, up_t, norm_num_groups, i in attn, dropout)
+            )
             if i > 0:
                 self.upsamplers.append(Upsample2D(chans[i], use_conv=True, out_channels=chans[i]))
         self.norm_out = nn.GroupNorm(norm_num_groups, chans[0])
@@ -136,7 +161,9 @@ class LightUNet2DModel(ModelMixin, ConfigMixin):
     def downsample_factor(self) -> int:
         return 2 ** (len(self.config.block_out_channels) - 1)
 
-    def embed_time(self, timestep: torch.Tensor | float | int, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def embed_time(
+        self, timestep: torch.Tensor | float | int, batch: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
         t = torch.as_tensor(timestep, device=device)
         if t.ndim == 0:
             t = t[None]

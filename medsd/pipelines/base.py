@@ -65,10 +65,15 @@ class MedPipelineMixin:
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None, **kwargs: Any
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ):
         """Load from a local folder or a Hub id; components are built by their own ``from_pretrained``."""
-        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        hub_kwargs = {
+            k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs
+        }
         directory = resolve_local_dir(pretrained_model_name_or_path, **hub_kwargs)
         index_path = directory / "model_index.json"
         if not index_path.is_file():
@@ -89,7 +94,11 @@ class MedPipelineMixin:
             library, component_cls = spec
             component_type = getattr(importlib.import_module(library), component_cls)
             load_kwargs = {}
-            if torch_dtype is not None and isinstance(component_type, type) and issubclass(component_type, torch.nn.Module):
+            if (
+                torch_dtype is not None
+                and isinstance(component_type, type)
+                and issubclass(component_type, torch.nn.Module)
+            ):
                 load_kwargs["torch_dtype"] = torch_dtype
             components[name] = component_type.from_pretrained(directory / name, **load_kwargs)
         pipe = cls(**components, **kwargs)

@@ -138,7 +138,9 @@ def save_config(config: Any, path: str | Path) -> None:
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add ``--config FILE`` and one ``--<field>`` flag per dataclass field (help from field docs)."""
-    parser.add_argument("--config", default=None, help="YAML file with field: value pairs (flags override it)")
+    parser.add_argument(
+        "--config", default=None, help="YAML file with field: value pairs (flags override it)"
+    )
     docs = _field_docs(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -149,10 +151,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f"{help_text} (default: {default})".strip()
         if tp is bool:
             parser.add_argument(
-                f"--{f.name}", nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL", help=help_text
+                f"--{f.name}",
+                nargs="?",
+                const="true",
+                default=argparse.SUPPRESS,
+                metavar="BOOL",
+                help=help_text,
             )
         else:
-            parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(
+                f"--{f.name}", default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text
+            )
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:

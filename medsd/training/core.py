@@ -103,7 +103,9 @@ def resolve_mixed_precision(requested: str) -> str | None:
 
 def weight_dtype_for(accelerator: Any) -> torch.dtype:
     """dtype for frozen weights under the accelerator's mixed precision."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        str(accelerator.mixed_precision), torch.float32
+    )
 
 
 def check_output_dir(config: TrainConfig) -> Path:
@@ -261,14 +263,18 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
 
             log_with = "tensorboard"
         except ImportError:
-            logger.warning("tensorboard is not installed; logging to the console only (pip install tensorboard)")
+            logger.warning(
+                "tensorboard is not installed; logging to the console only (pip install tensorboard)"
+            )
     elif config.report_to not in ("none", "", None):
         log_with = config.report_to
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
     )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -340,7 +346,11 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
     # Data: a deterministic stream of index batches, sliced on the device or fed through a DataLoader.
     dataset = task.train_dataset()
     stream = BatchIndexStream(
-        len(dataset), config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
+        len(dataset),
+        config.train_batch_size,
+        config.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
     )
     start_micro = global_step * config.gradient_accumulation_steps
     if hasattr(dataset, "get_batch") and config.cache_images_on_device:
@@ -358,7 +368,9 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
         batches = (_to_device(b, accelerator.device) for b in loader)
 
     if accelerator.is_main_process and log_with:
-        accelerator.init_trackers("medsd", config={k: _loggable(v) for k, v in dataclasses.asdict(config).items()})
+        accelerator.init_trackers(
+            "medsd", config={k: _loggable(v) for k, v in dataclasses.asdict(config).items()}
+        )
 
     def run_validation(step: int) -> None:
         if not accelerator.is_main_process:
@@ -402,7 +414,11 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
     def check_finite() -> None:
         bad = int(first_bad_step.item())
         if bad >= 0:
-            where = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "no checkpoint was written yet"
+            where = (
+                f"the last good checkpoint is {last_good_checkpoint}"
+                if last_good_checkpoint
+                else "no checkpoint was written yet"
+            )
             raise NonFiniteLossError(
                 f"non-finite training loss at step {bad}; training stopped, {where}. "
                 "Try a lower --learning_rate, --mixed_precision bf16 or no, or check the data."
@@ -419,7 +435,9 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
                     detached = loss.detach().float()
                     finite = torch.isfinite(detached)
                     first_bad_step = torch.where(
-                        (~finite) & (first_bad_step < 0), torch.full_like(first_bad_step, global_step + 1), first_bad_step
+                        (~finite) & (first_bad_step < 0),
+                        torch.full_like(first_bad_step, global_step + 1),
+                        first_bad_step,
                     )
                     loss_sum += torch.where(finite, detached, torch.zeros_like(detached))
                     loss_count += 1
@@ -445,7 +463,9 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
                 lr = lr_scheduler.get_last_lr()[0]
                 history.append((global_step, avg))
                 progress.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}", it_s=f"{steps_per_s:.2f}")
-                accelerator.log({"train_loss": avg, "lr": lr, "steps_per_second": steps_per_s}, step=global_step)
+                accelerator.log(
+                    {"train_loss": avg, "lr": lr, "steps_per_second": steps_per_s}, step=global_step
+                )
 
             if config.checkpointing_steps > 0 and global_step % config.checkpointing_steps == 0:
                 check_finite()
@@ -494,7 +514,9 @@ def push_folder_to_hub(folder: Path, repo_id: str | None, private: bool = True) 
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
 
 
 def _loggable(v: Any) -> Any:

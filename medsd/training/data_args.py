@@ -92,6 +92,12 @@ def build_training_data(args: Any, cache: bool | None = None) -> tuple[Any, Any]
 
     dataset, mapping = build_dataset(data_config(args, seed=getattr(args, "seed", 0)))
     use_cache = getattr(args, "cache_images_on_device", False) if cache is None else cache
-    if use_cache and not args.streaming and not args.affine_jitter and not args.random_flip and args.crop == "center":
+    if (
+        use_cache
+        and not args.streaming
+        and not args.affine_jitter
+        and not args.random_flip
+        and args.crop == "center"
+    ):
         dataset = UInt8ImageCache.from_dataset(dataset)
     return dataset, mapping

@@ -93,7 +93,9 @@ class DDPMTask(TrainingTask):
         elif self.config.prediction_type == "sample":
             target = clean
         else:
-            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {self.config.prediction_type!r}")
+            raise ValueError(
+                f"prediction_type must be epsilon, v_prediction or sample, got {self.config.prediction_type!r}"
+            )
         return F.mse_loss(pred.float(), target.float())
 
     def pipeline(self, unet: nn.Module):
@@ -137,7 +139,21 @@ class DDPMTask(TrainingTask):
                 f'pipe = MedDDPMPipeline.from_pretrained("{output_dir.name}")\n'
                 "images = pipe(batch_size=4, num_inference_steps=25).images"
             ),
-            training={k: getattr(cfg, k) for k in ("model", "train_data", "resolution", "max_train_steps", "train_batch_size", "learning_rate", "mixed_precision", "use_ema", "time_embedding", "skip_connections")},
+            training={
+                k: getattr(cfg, k)
+                for k in (
+                    "model",
+                    "train_data",
+                    "resolution",
+                    "max_train_steps",
+                    "train_batch_size",
+                    "learning_rate",
+                    "mixed_precision",
+                    "use_ema",
+                    "time_embedding",
+                    "skip_connections",
+                )
+            },
         )
 
 
