@@ -26,11 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     family = parser.add_subparsers(dest="family", metavar="FAMILY", required=True)
     for name, (module, help_text) in FAMILIES.items():
+        # The family's own parser (built from its config dataclass) reads the rest, --help included.
         p = family.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=run, training_module=module)
+        p.set_defaults(func=run, training_module=module, passthrough=True)
 
 
 def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(args.training_module)
-    return int(module.main(args.args) or 0)
+    return int(module.main(args.extra_args) or 0)

@@ -174,8 +174,11 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return config_from_dict(cls, data, source=getattr(args, "config", None) or "command line")
 
 
-def parse_config(cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
-    parser = argparse.ArgumentParser(description=description or cls.__doc__)
+def parse_config(
+    cls: type[T], argv: list[str] | None = None, description: str | None = None, prog: str | None = None
+) -> T:
+    """Parse ``--config FILE`` and per-field flags into ``cls``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__)
     add_config_arguments(parser, cls)
     return config_from_args(cls, parser.parse_args(argv))
 

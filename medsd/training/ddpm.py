@@ -163,7 +163,7 @@ def train_ddpm(config: DDPMTrainConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(DDPMTrainConfig, argv)
+    config = parse_config(DDPMTrainConfig, argv, prog="medsd train ddpm")
     result = train_ddpm(config)
     print(f"pipeline saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
     return 0
