@@ -15,6 +15,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    # Small CPU tensors gain nothing from intra-op threads, and oversubscribed threads slow a busy
+    # 2-core machine down by orders of magnitude.
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

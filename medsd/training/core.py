@@ -242,6 +242,8 @@ def save_image_grid(images: list[Any], path: Path, cols: int | None = None) -> P
         blank = Image.new(images[0].mode, images[0].size)
         images = list(images) + [blank] * (rows * cols - len(images))
     grid = make_image_grid(images, rows=rows, cols=cols)
+    if all(im.mode == "L" for im in images):
+        grid = grid.convert("L")
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path

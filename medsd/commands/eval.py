@@ -1,0 +1,160 @@
+"""``medsd eval``: compare a synthetic image set with a real one (and audit memorisation of a training set).
+
+Exit codes: 0 success, 2 usage/data/missing-weights error (message on stderr, no traceback), 3 copies of training
+images found and ``--fail_on_copies`` given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "evaluate synthetic images against real ones (distribution, quality, diversity, memorisation)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    io = p.add_argument_group(
+        "sources (folder, metadata CSV with a filename column, or hf:<dataset id>[:split])"
+    )
+    io.add_argument("--real", required=True, help="real images")
+    io.add_argument("--fake", required=True, help="synthetic images")
+    io.add_argument("--train", default=None, help="training images for the memorisation audit")
+    io.add_argument("--out", required=True, help="output folder (report.json, report.md, figures/, cache/)")
+    io.add_argument("--real_label", default=None, help="keep only these labels from --real (comma-separated)")
+    io.add_argument("--fake_label", default=None, help="keep only these labels from --fake (comma-separated)")
+    io.add_argument(
+        "--train_label", default=None, help="keep only these labels from --train (comma-separated)"
+    )
+    io.add_argument("--label_column", default="label", help="CSV label column (default: label)")
+    io.add_argument("--filename_column", default="filename", help="CSV file-name column (default: filename)")
+    io.add_argument("--max_images", type=int, default=None, help="subsample each set to at most N (seeded)")
+    io.add_argument("--size", type=int, default=128, help="working resolution in px (default 128)")
+    io.add_argument("--seed", type=int, default=0)
+    m = p.add_argument_group("metrics")
+    m.add_argument(
+        "--features",
+        nargs="+",
+        default=["radiomics"],
+        help="feature extractors: radiomics (default, offline), inception, clip:<arch>[:<tag>], "
+        "clip:biomedclip, xrv",
+    )
+    m.add_argument(
+        "--inception_weights",
+        default=None,
+        help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth); or MEDSD_INCEPTION_WEIGHTS",
+    )
+    m.add_argument(
+        "--clip_checkpoint", default=None, help="local open_clip checkpoint; or MEDSD_CLIP_CHECKPOINT"
+    )
+    m.add_argument("--k", type=int, default=3, help="k for precision/recall k-NN manifolds (default 3)")
+    m.add_argument("--kid_subsets", type=int, default=100)
+    m.add_argument("--kid_subset_size", type=int, default=1000)
+    m.add_argument(
+        "--diversity_pairs", type=int, default=200, help="image pairs for the MS-SSIM diversity (default 200)"
+    )
+    m.add_argument(
+        "--class_pairs", type=int, default=500, help="pairs per class for the class-set table (default 500)"
+    )
+    m.add_argument(
+        "--paired", action="store_true", help="also compute paired metrics (fake/real matched by file name)"
+    )
+    m.add_argument(
+        "--lpips", action="store_true", help="with --paired: LPIPS (needs torchvision backbone weights)"
+    )
+    m.add_argument(
+        "--copy_threshold",
+        type=float,
+        default=0.97,
+        help="NCC at or above which a generated image counts as a copy (default 0.97)",
+    )
+    m.add_argument("--ncc_size", type=int, default=64, help="resolution for the NCC copy search (default 64)")
+    m.add_argument("--fail_on_copies", action="store_true", help="exit with code 3 when copies are found")
+    m.add_argument(
+        "--downstream",
+        action="store_true",
+        help="train small CNNs on synthetic / real / both (labels needed) and test on held-out real",
+    )
+    m.add_argument("--downstream_epochs", type=int, default=15)
+    m.add_argument(
+        "--no_image_figures",
+        action="store_true",
+        help="write only plots, no figures showing images (sample grids, NN pairs)",
+    )
+    m.add_argument("--device", default="cpu", help="device for learned extractors (default cpu)")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help=HELP, description=HELP + ".")
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def config_from_args(args):
+    from medsd.metrics.evaluate import EvalConfig
+
+    return EvalConfig(
+        real=args.real,
+        fake=args.fake,
+        out=args.out,
+        train=args.train,
+        features=list(args.features),
+        size=args.size,
+        max_images=args.max_images,
+        real_label=args.real_label,
+        fake_label=args.fake_label,
+        train_label=args.train_label,
+        label_column=args.label_column,
+        filename_column=args.filename_column,
+        k=args.k,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+        copy_threshold=args.copy_threshold,
+        ncc_size=args.ncc_size,
+        diversity_pairs=args.diversity_pairs,
+        class_pairs=args.class_pairs,
+        paired=args.paired,
+        lpips=args.lpips,
+        downstream=args.downstream,
+        downstream_epochs=args.downstream_epochs,
+        image_figures=not args.no_image_figures,
+        seed=args.seed,
+        inception_weights=args.inception_weights,
+        clip_checkpoint=args.clip_checkpoint,
+        device=args.device,
+        progress=not args.quiet,
+    )
+
+
+def run(args) -> int:
+    from medsd.metrics.evaluate import EXIT_COPIES, EXIT_ERROR, EXIT_OK, evaluate
+    from medsd.metrics.features import MissingWeightsError
+
+    try:
+        report, code = evaluate(config_from_args(args), log=lambda s: print(s, file=sys.stderr))
+    except MissingWeightsError as e:
+        print(f"medsd eval: missing weights: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        print(f"medsd eval: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"wrote {args.out}/report.md and report.json")
+    if code == EXIT_COPIES and args.fail_on_copies:
+        n = report["memorisation"]["n_copies"]
+        print(
+            f"medsd eval: {n} generated image(s) copy training images (NCC >= {args.copy_threshold})",
+            file=sys.stderr,
+        )
+        return EXIT_COPIES
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="medsd eval", description=HELP + ".")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Evaluation metrics for synthetic medical images (see docs/evaluation.md).
+
+Only numpy is imported here; torch, torchmetrics, scipy, scikit-image, open_clip and matplotlib are imported inside
+the functions that need them.
+"""
+
+from .distribution import (
+    distribution_metrics,
+    frechet_distance,
+    kernel_inception_distance,
+    precision_recall,
+    standardise,
+)
+from .diversity import count_degenerate, degenerate_mask, mean_pairwise_ms_ssim, neighbour_correlation
+from .downstream import downstream_utility, train_classifier
+from .evaluate import EvalConfig, evaluate
+from .features import (
+    FeatureExtractor,
+    MissingWeightsError,
+    RadiomicsExtractor,
+    available_extractors,
+    extract_features,
+    get_extractor,
+    register_extractor,
+)
+from .io import ImageSet, load_image_set
+from .memorisation import memorisation_audit, ncc_matrix, nearest_by_ncc
+from .paired import acutance, class_set_table, lpips, mae, ms_ssim, paired_metrics, psnr, ssim
+from .reader_study import cohen_kappa, export_reader_study, score_reader_study
+
+__all__ = [
+    "EvalConfig",
+    "FeatureExtractor",
+    "ImageSet",
+    "MissingWeightsError",
+    "RadiomicsExtractor",
+    "acutance",
+    "available_extractors",
+    "class_set_table",
+    "cohen_kappa",
+    "count_degenerate",
+    "degenerate_mask",
+    "distribution_metrics",
+    "downstream_utility",
+    "evaluate",
+    "export_reader_study",
+    "extract_features",
+    "frechet_distance",
+    "get_extractor",
+    "kernel_inception_distance",
+    "load_image_set",
+    "lpips",
+    "mae",
+    "mean_pairwise_ms_ssim",
+    "memorisation_audit",
+    "ms_ssim",
+    "ncc_matrix",
+    "nearest_by_ncc",
+    "neighbour_correlation",
+    "paired_metrics",
+    "precision_recall",
+    "psnr",
+    "register_extractor",
+    "score_reader_study",
+    "ssim",
+    "standardise",
+    "train_classifier",
+]

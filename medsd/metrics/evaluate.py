@@ -1,0 +1,487 @@
+"""The full evaluation run behind ``medsd eval``: load sets, compute every metric, write report.json/.md + figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .features import extract_features, get_extractor
+from .io import ImageSet, load_image_set
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_COPIES = 3
+
+
+@dataclass
+class EvalConfig:
+    real: str
+    fake: str
+    out: str
+    train: str | None = None
+    features: list[str] = field(default_factory=lambda: ["radiomics"])
+    size: int = 128
+    max_images: int | None = None
+    real_label: str | None = None
+    fake_label: str | None = None
+    train_label: str | None = None
+    label_column: str = "label"
+    filename_column: str = "filename"
+    k: int = 3
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    copy_threshold: float = 0.97
+    ncc_size: int = 64
+    diversity_pairs: int = 200
+    class_pairs: int = 500
+    paired: bool = False
+    lpips: bool = False
+    downstream: bool = False
+    downstream_epochs: int = 15
+    image_figures: bool = True
+    seed: int = 0
+    inception_weights: str | None = None
+    clip_checkpoint: str | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def _clean(o):
+    """Replace NaN/inf by None (valid JSON)."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    return o
+
+
+def _set_summary(s: ImageSet) -> dict:
+    labels = {}
+    for lab in s.labels:
+        labels[str(lab)] = labels.get(str(lab), 0) + 1
+    return {"source": s.source, "n_images": len(s), "labels": labels}
+
+
+def mosaic(images01: list[np.ndarray] | np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
+    """Tile equally sized [H, W] images into one array (white padding), row-major."""
+    images01 = list(images01)
+    h, w = images01[0].shape
+    rows = int(np.ceil(len(images01) / cols))
+    out = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), np.float32)
+    for k, im in enumerate(images01):
+        r, c = divmod(k, cols)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
+    return out
+
+
+def sample_grid(images01: np.ndarray, path: str | Path, title: str, n: int = 16, seed: int = 0) -> str:
+    """A grid of ``n`` randomly chosen images (seeded) saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(images01), min(n, len(images01)), replace=False))
+    cols = int(np.ceil(np.sqrt(len(idx))))
+    m = mosaic(images01[idx], cols)
+    fig, ax = plt.subplots(figsize=(6, 6 * m.shape[0] / m.shape[1] + 0.3))
+    ax.imshow(m, cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def feature_plots(
+    real_z: np.ndarray, fake_z: np.ndarray, names: list[str] | None, path: str | Path, title: str
+) -> str:
+    """PCA scatter (fitted on real) + the features with the largest standardised mean difference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mu = real_z.mean(0)
+    _, _, vt = np.linalg.svd(real_z - mu, full_matrices=False)
+    pr, pf = (real_z - mu) @ vt[:2].T, (fake_z - mu) @ vt[:2].T
+    smd = fake_z.mean(0) - real_z.mean(0)
+    top = np.argsort(-np.abs(smd))[:12]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.scatter(pr[:, 0], pr[:, 1], s=6, alpha=0.6, label="real")
+    a.scatter(pf[:, 0], pf[:, 1], s=6, alpha=0.6, label="fake")
+    a.set_xlabel("PC1 (real)")
+    a.set_ylabel("PC2 (real)")
+    a.legend(fontsize=8)
+    a.set_title(title, fontsize=9)
+    labels = [names[i] if names and i < len(names) else f"f{i}" for i in top]
+    b.barh(range(len(top))[::-1], smd[top])
+    b.set_yticks(range(len(top))[::-1], labels, fontsize=7)
+    b.set_xlabel("fake mean - real mean (real std units)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def _split_real_for_downstream(real: ImageSet, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half of the real patients for training, half for testing (by patient id when known)."""
+    rng = np.random.default_rng(seed)
+    groups = np.array([p if p else f"__img{i}" for i, p in enumerate(real.patient_ids or [None] * len(real))])
+    uniq = np.unique(groups)
+    test_groups = set(rng.choice(uniq, len(uniq) // 2, replace=False))
+    test = np.array([g in test_groups for g in groups])
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
+    """Run every metric; write ``report.json``, ``report.md`` and figures into ``cfg.out``.
+
+    Returns ``(report, exit_code)``; exit code 3 when copies of training images were found (the caller decides
+    whether that fails the run). Raises :class:`MissingWeightsError` before any heavy work when an extractor
+    lacks weights.
+    """
+    t0 = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    cache_dir = out / "cache"
+
+    # 1. extractors first: fail fast and clearly when weights are missing
+    extractors = {
+        name: get_extractor(
+            name,
+            size=cfg.size,
+            inception_weights=cfg.inception_weights,
+            clip_checkpoint=cfg.clip_checkpoint,
+            device=cfg.device,
+        )
+        for name in cfg.features
+    }
+
+    # 2. images
+    load = dict(
+        size=cfg.size,
+        label_column=cfg.label_column,
+        filename_column=cfg.filename_column,
+        max_images=cfg.max_images,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    real = load_image_set(cfg.real, label=cfg.real_label, **load)
+    fake = load_image_set(cfg.fake, label=cfg.fake_label, **load)
+    train = load_image_set(cfg.train, label=cfg.train_label, **load) if cfg.train else None
+    log(f"loaded real={len(real)} fake={len(fake)}" + (f" train={len(train)}" if train else ""))
+    report: dict = {
+        "medsd_eval_version": 1,
+        "settings": _clean(asdict(cfg)),
+        "preprocessing": "grayscale; integer images / dtype max (8-bit: /255), float images min-max; centre crop to "
+        f"square; bilinear antialiased resize to {cfg.size}x{cfg.size}; intensities in [0, 1]",
+        "sets": {"real": _set_summary(real), "fake": _set_summary(fake)},
+        "figures": {},
+    }
+    if train is not None:
+        report["sets"]["train"] = _set_summary(train)
+
+    # 3. distribution metrics per extractor
+    from .distribution import distribution_metrics, standardise
+
+    report["distribution"] = {}
+    feats_cache: dict = {}
+    for name, ext in extractors.items():
+        fr = extract_features(real.images, ext, cache_dir, real.fingerprint(), progress=cfg.progress)
+        ff = extract_features(fake.images, ext, cache_dir, fake.fingerprint(), progress=cfg.progress)
+        feats_cache[name] = (fr, ff)
+        d = distribution_metrics(
+            fr, ff, k=cfg.k, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed
+        )
+        d["extractor"] = {"name": name, "config": ext.config}
+        rz, fz = standardise(fr, ff)
+        names = ext.feature_names() if hasattr(ext, "feature_names") else None
+        smd = fz.mean(0) - rz.mean(0)
+        top = np.argsort(-np.abs(smd))[:10]
+        d["largest_feature_shifts"] = [
+            {"feature": names[i] if names else f"f{i}", "fake_minus_real_in_real_std": float(smd[i])}
+            for i in top
+        ]
+        safe = name.replace(":", "_").replace("/", "_")
+        report["figures"][f"features_{safe}"] = os.path.relpath(
+            feature_plots(rz, fz, names, fig_dir / f"features_{safe}.png", f"{name} features (standardised)"),
+            out,
+        )
+        report["distribution"][name] = d
+        log(
+            f"[{name}] FD={d['frechet_distance']:.3f} KID={d['kid']:.4f} P={d['precision']:.3f} R={d['recall']:.3f}"
+        )
+
+    # 4. quality: degenerate images and diversity
+    from .diversity import count_degenerate, mean_pairwise_ms_ssim
+
+    report["degenerate"] = {
+        "rule": "mean<25 or mean>230 (of 255), or std<10, or horizontal neighbour-pixel correlation<0.8",
+        "real": count_degenerate(real.to_uint8()),
+        "fake": count_degenerate(fake.to_uint8()),
+        "real_fraction": count_degenerate(real.to_uint8()) / max(len(real), 1),
+        "fake_fraction": count_degenerate(fake.to_uint8()) / max(len(fake), 1),
+    }
+    report["diversity_ms_ssim"] = {
+        "note": "mean pairwise MS-SSIM within the set; lower = more diverse; compare fake with real",
+        "real": mean_pairwise_ms_ssim(real.images, cfg.diversity_pairs, cfg.seed),
+        "fake": mean_pairwise_ms_ssim(fake.images, cfg.diversity_pairs, cfg.seed),
+    }
+
+    # 5. class-set table (synthetic vs real, per common label)
+    from .paired import acutance, class_set_table, paired_metrics
+
+    report["acutance"] = {"real": acutance(real.images), "fake": acutance(fake.images)}
+    if any(lab is not None for lab in real.labels) and any(lab is not None for lab in fake.labels):
+        report["class_set_table"] = class_set_table(
+            fake.images, fake.labels, real.images, real.labels, max_pairs=cfg.class_pairs, seed=cfg.seed
+        )
+
+    # 6. paired metrics (fake and real matched by file name)
+    if cfg.paired:
+        rmap = {Path(p).stem: i for i, p in enumerate(real.paths)}
+        pairs = [(i, rmap[Path(p).stem]) for i, p in enumerate(fake.paths) if Path(p).stem in rmap]
+        if not pairs:
+            report["paired"] = {"skipped": "no fake/real images with the same file name"}
+        else:
+            fi, ri = np.array(pairs).T
+            pm = paired_metrics(fake.images[fi], real.images[ri], with_lpips=cfg.lpips)
+            pm["n_pairs"] = len(pairs)
+            report["paired"] = pm
+
+    # 7. memorisation audit
+    exit_code = EXIT_OK
+    if train is not None:
+        from .memorisation import memorisation_audit, plot_nn_gallery, plot_similarity_histogram, strip_arrays
+
+        train_paths = {os.path.realpath(p) for p in train.paths}
+        keep = (
+            [i for i, p in enumerate(real.paths) if os.path.realpath(p) not in train_paths]
+            if real.paths
+            else []
+        )
+        test = real.subset(keep) if real.paths else real
+        fname = next(iter(extractors))
+        ext = extractors[fname]
+        fr, ff = feats_cache[fname]
+        ft = extract_features(train.images, ext, cache_dir, train.fingerprint(), progress=cfg.progress)
+        ft_z, fr_z, ff_z = standardise(ft, fr, ff)
+        audit = memorisation_audit(
+            fake.images,
+            train.images,
+            test.images,
+            threshold=cfg.copy_threshold,
+            size=cfg.ncc_size,
+            generated_feats=ff_z,
+            train_feats=ft_z,
+            real_test_feats=fr_z[keep] if real.paths else fr_z,
+        )
+        report["figures"]["nn_similarity_histogram"] = os.path.relpath(
+            plot_similarity_histogram(audit, fig_dir / "nn_similarity_histogram.png"), out
+        )
+        if cfg.image_figures:
+            report["figures"]["nn_pairs"] = os.path.relpath(
+                plot_nn_gallery(fake.images, train.images, audit, fig_dir / "nn_pairs.png"), out
+            )
+        mem = strip_arrays(audit)
+        mem["feature_space"] = f"{fname} (standardised with train mean/std)"
+        for c in mem["copies"]:
+            c["generated_path"] = fake.paths[c["generated_index"]] if fake.paths else None
+            c["train_path"] = train.paths[c["train_index"]] if train.paths else None
+        report["memorisation"] = mem
+        if mem["n_copies"] > 0:
+            exit_code = EXIT_COPIES
+        log(
+            f"memorisation: {mem['n_copies']} / {len(fake)} generated images with NCC >= {cfg.copy_threshold}"
+        )
+
+    # 8. downstream utility
+    if cfg.downstream:
+        from .downstream import downstream_utility
+
+        tr_idx, te_idx = _split_real_for_downstream(real, cfg.seed)
+        rtr, rte = real.subset(tr_idx), real.subset(te_idx)
+        both_x = np.concatenate([fake.images, rtr.images])
+        try:
+            report["downstream"] = downstream_utility(
+                {
+                    "synthetic": (fake.images, fake.labels),
+                    "real": (rtr.images, rtr.labels),
+                    "both": (both_x, list(fake.labels) + list(rtr.labels)),
+                },
+                (rte.images, rte.labels),
+                epochs=cfg.downstream_epochs,
+                seed=cfg.seed,
+            )
+        except ValueError as e:
+            report["downstream"] = {"skipped": str(e)}
+
+    # 9. image figures
+    if cfg.image_figures:
+        report["figures"]["samples_real"] = os.path.relpath(
+            sample_grid(real.images, fig_dir / "samples_real.png", "real", seed=cfg.seed), out
+        )
+        report["figures"]["samples_fake"] = os.path.relpath(
+            sample_grid(fake.images, fig_dir / "samples_fake.png", "fake", seed=cfg.seed), out
+        )
+
+    report["runtime_s"] = round(time.time() - t0, 1)
+    report["environment"] = {"python": platform.python_version(), "numpy": np.__version__}
+    report = _clean(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+    (out / "report.md").write_text(render_markdown(report))
+    return report, exit_code
+
+
+def _f(x, nd=4):
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def render_markdown(r: dict) -> str:
+    s = r["settings"]
+    lines = ["# medsd evaluation report", ""]
+    lines += [
+        f"- real: `{s['real']}`"
+        + (f" (label {s['real_label']})" if s.get("real_label") else "")
+        + f", {r['sets']['real']['n_images']} images"
+    ]
+    lines += [
+        f"- fake: `{s['fake']}`"
+        + (f" (label {s['fake_label']})" if s.get("fake_label") else "")
+        + f", {r['sets']['fake']['n_images']} images"
+    ]
+    if "train" in r["sets"]:
+        lines += [f"- train: `{s['train']}`, {r['sets']['train']['n_images']} images"]
+    lines += [
+        f"- preprocessing: {r['preprocessing']}",
+        f"- seed {s['seed']}, max_images {s['max_images']}",
+        "",
+    ]
+    lines += [
+        "## Distribution metrics",
+        "",
+        "Features standardised with the real set's mean/std. FD = Fréchet distance, KID = unbiased MMD² "
+        "(cubic polynomial kernel), P/R = improved precision/recall (k-NN manifolds).",
+        "",
+        "| extractor | dim | FD | KID (± std) | precision | recall | FD real/real halves | KID real/real halves |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in r["distribution"].items():
+        b = d.get("real_split_half_baseline") or {}
+        lines.append(
+            f"| {name} | {d['settings']['dim']} | {_f(d['frechet_distance'], 3)} | "
+            f"{_f(d['kid'])} ± {_f(d['kid_std']) if d['settings']['kid_subsets'] > 1 else 'n/a (1 subset)'} | "
+            f"{_f(d['precision'], 3)} | {_f(d['recall'], 3)} | "
+            f"{_f(b.get('frechet_distance'), 3)} | {_f(b.get('kid'))} |"
+        )
+    for name, d in r["distribution"].items():
+        shifts = ", ".join(
+            f"{x['feature']} ({x['fake_minus_real_in_real_std']:+.2f})"
+            for x in d["largest_feature_shifts"][:6]
+        )
+        lines += ["", f"Largest feature shifts ({name}, fake − real, in real std units): {shifts}"]
+    dg, dv = r["degenerate"], r["diversity_ms_ssim"]
+    lines += [
+        "",
+        "## Image quality and diversity",
+        "",
+        "| | real | fake |",
+        "|---|---|---|",
+        f"| degenerate images ({dg['rule']}) | {dg['real']} ({100 * dg['real_fraction']:.1f}%) | "
+        f"{dg['fake']} ({100 * dg['fake_fraction']:.1f}%) |",
+        f"| mean pairwise MS-SSIM (lower = more diverse) | {_f(dv['real']['mean'])} | {_f(dv['fake']['mean'])} |",
+        f"| acutance (mean Sobel magnitude) | {_f(r['acutance']['real'])} | {_f(r['acutance']['fake'])} |",
+    ]
+    if r.get("class_set_table"):
+        lines += [
+            "",
+            "## Per-class synthetic vs real (MSE, SSIM)",
+            "",
+            "| class | n fake | n real | pairs | MSE fake-real | SSIM fake-real | MSE real-real | SSIM real-real |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in r["class_set_table"]:
+            lines.append(
+                f"| {row['class']} | {row['n_fake']} | {row['n_real']} | {row['n_pairs']} | "
+                f"{_f(row.get('fake_vs_real_mse'))} | {_f(row.get('fake_vs_real_ssim'))} | "
+                f"{_f(row.get('real_vs_real_mse'))} | {_f(row.get('real_vs_real_ssim'))} |"
+            )
+    if "paired" in r:
+        lines += ["", "## Paired metrics", "", "```", json.dumps(r["paired"], indent=1), "```"]
+    if "memorisation" in r:
+        m = r["memorisation"]
+        g, b = m["generated_nn_ncc"], m.get("baseline_real_test_nn_ncc", {})
+        lines += [
+            "",
+            "## Memorisation audit",
+            "",
+            f"NCC on {m['settings']['size']} px images to the nearest training image; copy threshold "
+            f"{m['settings']['threshold']}.",
+            "",
+            "| | median | p95 | p99 | max |",
+            "|---|---|---|---|---|",
+            f"| generated → train | {_f(g.get('median'))} | {_f(g.get('p95'))} | {_f(g.get('p99'))} | "
+            f"{_f(g.get('max'))} |",
+        ]
+        if b:
+            lines.append(
+                f"| real test → train (baseline) | {_f(b.get('median'))} | {_f(b.get('p95'))} | "
+                f"{_f(b.get('p99'))} | {_f(b.get('max'))} |"
+            )
+        lines += [
+            "",
+            f"**{m['n_copies']} of {m['settings']['n_generated']} generated images flagged as copies** "
+            f"(real-test false-alarm rate at this threshold: {_f(m.get('baseline_fraction_above_threshold'))}).",
+        ]
+    if "downstream" in r:
+        d = r["downstream"]
+        lines += ["", "## Downstream utility (train on X, test on held-out real)", ""]
+        if "skipped" in d:
+            lines.append(f"skipped: {d['skipped']}")
+        else:
+            lines += [
+                f"classes: {', '.join(d['classes'])}; chance accuracy {_f(d['settings']['chance_accuracy'], 3)}",
+                "",
+                "| trained on | n train | accuracy [95% CI] | AUROC [95% CI] |",
+                "|---|---|---|---|",
+            ]
+            for k, v in d["results"].items():
+                if "skipped" in v:
+                    lines.append(f"| {k} | - | skipped: {v['skipped']} | |")
+                    continue
+                ac, au = v["accuracy_ci95"], v["auroc_ci95"] or [None, None]
+                lines.append(
+                    f"| {k} | {v['n_train']} | {_f(v['accuracy'], 3)} [{_f(ac[0], 3)}, {_f(ac[1], 3)}] | "
+                    f"{_f(v['auroc'], 3)} [{_f(au[0], 3)}, {_f(au[1], 3)}] |"
+                )
+    if r["figures"]:
+        lines += ["", "## Figures", ""] + [f"- {k}: `{v}`" for k, v in r["figures"].items()]
+    lines += ["", f"Runtime {r['runtime_s']} s. Full numbers and settings: `report.json`.", ""]
+    return "\n".join(lines)

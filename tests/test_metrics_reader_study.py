@@ -1,0 +1,125 @@
+"""Reader-study kit: export, then score made-up answer sheets with a known kappa."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from medsd.metrics import cohen_kappa, export_reader_study, score_reader_study
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "answer"])
+        w.writerows(rows)
+
+
+def test_cohen_kappa_known_values():
+    # 2x2 table [[20, 5], [10, 15]]: po = 0.7, pe = 0.5*0.6 + 0.5*0.4 = 0.5 -> kappa 0.4
+    a = ["real"] * 25 + ["fake"] * 25
+    b = ["real"] * 20 + ["fake"] * 5 + ["real"] * 10 + ["fake"] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    assert cohen_kappa(a, a) == pytest.approx(1.0)
+    assert cohen_kappa(["x"] * 4, ["x"] * 4) == 1.0
+
+
+def test_export_and_score_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    real = rng.random((6, 16, 16)).astype(np.float32)
+    fake = rng.random((8, 16, 16)).astype(np.float32)
+    info = export_reader_study(real, fake, tmp_path / "study", n_each=5, seed=1)
+    assert info["n_cases"] == 10
+    assert len(list((tmp_path / "study" / "cases").glob("case_*.png"))) == 10
+    with open(tmp_path / "study" / "key.csv") as f:
+        key = list(csv.DictReader(f))
+    with open(tmp_path / "study" / "answer_sheet.csv") as f:
+        sheet = list(csv.DictReader(f))
+    assert [r["case_id"] for r in sheet] == [r["case_id"] for r in key]
+    assert all(r["answer"] == "" for r in sheet)
+    assert sorted(r["truth"] for r in key).count("real") == 5
+
+    perfect = [(r["case_id"], r["truth"]) for r in key]
+    flipped = [(r["case_id"], "fake" if r["truth"] == "real" else "real") for r in key]
+    unsure = [(r["case_id"], "unsure") for r in key[:2]] + perfect[2:]
+    _write(tmp_path / "alice.csv", perfect)
+    _write(tmp_path / "bob.csv", flipped)
+    _write(tmp_path / "carol.csv", unsure)
+    s = score_reader_study(
+        tmp_path / "study" / "key.csv", [tmp_path / "alice.csv", tmp_path / "bob.csv", tmp_path / "carol.csv"]
+    )
+    assert s["readers"]["alice"]["accuracy"] == 1.0
+    assert s["readers"]["bob"]["accuracy"] == 0.0
+    assert s["readers"]["carol"]["accuracy"] == pytest.approx(0.8)
+    assert s["readers"]["carol"]["n_unsure"] == 2 and s["readers"]["carol"]["accuracy_decided"] == 1.0
+    k = {(x["reader_a"], x["reader_b"]): x["kappa"] for x in s["kappa"]}
+    assert k[("alice", "bob")] == pytest.approx(-1.0)  # balanced 5/5, always opposite
+    expected = cohen_kappa([t for _, t in perfect], [t for _, t in unsure])
+    assert k[("alice", "carol")] == pytest.approx(expected)
+
+
+def test_2afc_export(tmp_path):
+    rng = np.random.default_rng(0)
+    real, fake = rng.random((4, 16, 16)), rng.random((4, 16, 16))
+    info = export_reader_study(real, fake, tmp_path / "s", design="2afc", seed=0)
+    assert info["n_cases"] == 4
+    assert len(list((tmp_path / "s" / "pairs").glob("*.png"))) == 8
+    with open(tmp_path / "s" / "key.csv") as f:
+        key = list(csv.DictReader(f))
+    assert {r["truth"] for r in key} <= {"A", "B"}
+    _write(tmp_path / "r1.csv", [(r["case_id"], r["truth"].lower()) for r in key])
+    s = score_reader_study(tmp_path / "s" / "key.csv", {"r1": tmp_path / "r1.csv"})
+    assert s["readers"]["r1"]["accuracy"] == 1.0
+    with pytest.raises(ValueError):
+        export_reader_study(real, fake, tmp_path / "x", design="nope")
+
+
+def test_reader_study_cli_round_trip(tmp_path, capsys):
+    from PIL import Image
+
+    from medsd.commands import reader_study as cmd
+
+    for name in ("real", "fake"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((20, 20), 40 * i + (0 if name == "real" else 10), np.uint8)).save(
+                tmp_path / name / f"{i}.png"
+            )
+    study = tmp_path / "study"
+    assert (
+        cmd.main(
+            [
+                "export",
+                "--real",
+                str(tmp_path / "real"),
+                "--fake",
+                str(tmp_path / "fake"),
+                "--out",
+                str(study),
+                "--n",
+                "3",
+                "--size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    with open(study / "key.csv") as f:
+        key = list(csv.DictReader(f))
+    _write(tmp_path / "r.csv", [(r["case_id"], r["truth"]) for r in key])
+    assert (
+        cmd.main(
+            [
+                "score",
+                "--key",
+                str(study / "key.csv"),
+                "--answers",
+                str(tmp_path / "r.csv"),
+                "--out",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
+    assert '"accuracy": 1.0' in capsys.readouterr().out
+    assert (tmp_path / "s.json").exists()
