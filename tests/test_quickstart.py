@@ -13,8 +13,23 @@ from medsd.cli import main
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path, capsys):
     out = tmp_path / "qs"
-    args = ["quickstart", "--output_dir", str(out), "--max_train_steps", "30", "--num_images", "64",
-            "--num_samples", "16", "--resolution", "16", "--train_batch_size", "8", "--num_inference_steps", "5"]
+    args = [
+        "quickstart",
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        "30",
+        "--num_images",
+        "64",
+        "--num_samples",
+        "16",
+        "--resolution",
+        "16",
+        "--train_batch_size",
+        "8",
+        "--num_inference_steps",
+        "5",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert str(out / "samples_grid.png") in printed and "Fréchet" in printed
