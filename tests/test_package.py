@@ -65,3 +65,35 @@ def test_bad_config_value_is_one_clear_line(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "max_train_steps" in err[0]
+
+
+LAYERS = {"data": 0, "models": 0, "utils": 0, "pipelines": 1, "metrics": 1, "training": 2, "commands": 3, "cli": 3}
+
+
+def test_imports_flow_one_way():
+    """data/models at the bottom, pipelines/metrics above, training above those, commands/CLI on top."""
+    import ast
+    from pathlib import Path
+
+    root = Path(medsd.__file__).parent
+    violations = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        layer = LAYERS.get(rel.parts[0].removesuffix(".py"))
+        if layer is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against the package
+                    base = list(rel.parts[:-1])[: len(rel.parts) - node.level]
+                    names = [".".join(base + ([node.module] if node.module else []))]
+                elif node.module and node.module.startswith("medsd."):
+                    names = [node.module.removeprefix("medsd.")]
+            elif isinstance(node, ast.Import):
+                names = [a.name.removeprefix("medsd.") for a in node.names if a.name.startswith("medsd.")]
+            for name in names:
+                target = LAYERS.get(name.split(".")[0]) if name else None
+                if target is not None and target > layer:
+                    violations.append(f"{rel} imports medsd.{name}")
+    assert not violations, violations
