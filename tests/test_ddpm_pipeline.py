@@ -154,3 +154,46 @@ def test_ddpm_training_end_to_end(tmp_path):
     assert loaded.unet.config.block_out_channels == [8, 16] or tuple(
         loaded.unet.config.block_out_channels
     ) == (8, 16)
+
+
+def test_ddpm_trains_from_a_streamed_folder_and_resumes(tmp_path):
+    """Large corpora stream through datasets (no full copy in memory); resume continues the stream."""
+    from PIL import Image
+
+    from medsd.data import chest_phantom
+    from medsd.training.core import list_checkpoints
+    from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray((chest_phantom(16, seed=i) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    common = dict(
+        output_dir=str(tmp_path / "run"),
+        train_data=str(folder),
+        streaming=True,
+        data_split="all",
+        resolution=16,
+        model="diffusers-small",
+        block_out_channels=[8, 16, 16],
+        train_batch_size=4,
+        checkpointing_steps=2,
+        validation_steps=0,
+        logging_steps=1,
+        report_to="none",
+        progress_bar=False,
+    )
+    import medsd.models.presets as presets
+
+    old = presets.PRESETS["diffusers-small"]["norm_num_groups"]
+    presets.PRESETS["diffusers-small"]["norm_num_groups"] = 4
+    try:
+        first = train_ddpm(DDPMTrainConfig(max_train_steps=2, **common))
+        assert first.global_step == 2
+        (tmp_path / "run" / "train_summary.json").unlink()
+        (tmp_path / "run" / "model_index.json").unlink()
+        resumed = train_ddpm(DDPMTrainConfig(max_train_steps=5, resume_from_checkpoint="latest", **common))
+    finally:
+        presets.PRESETS["diffusers-small"]["norm_num_groups"] = old
+    assert resumed.global_step == 5
+    assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "checkpoint-4"

@@ -347,27 +347,31 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
 
     # Data: a deterministic stream of index batches, sliced on the device or fed through a DataLoader.
     dataset = task.train_dataset()
-    stream = BatchIndexStream(
-        len(dataset),
-        config.train_batch_size,
-        config.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
     start_micro = global_step * config.gradient_accumulation_steps
-    if hasattr(dataset, "get_batch") and config.cache_images_on_device:
-        index_iter = stream.iterate(start_micro)
-        batches: Iterator[dict] = (dataset.get_batch(idx, accelerator.device) for idx in index_iter)
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        batches = _stream_batches(dataset, task, config, accelerator, start_micro)
     else:
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=stream.iterate(start_micro),  # type: ignore[arg-type]
-            collate_fn=task.collate,
-            num_workers=config.dataloader_num_workers,
-            pin_memory=accelerator.device.type == "cuda",
-            generator=torch.Generator().manual_seed(config.seed),
+        stream = BatchIndexStream(
+            len(dataset),
+            config.train_batch_size,
+            config.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
         )
-        batches = (_to_device(b, accelerator.device) for b in loader)
+        if hasattr(dataset, "get_batch") and config.cache_images_on_device:
+            if hasattr(dataset, "to"):
+                dataset = dataset.to(accelerator.device)
+            batches = (dataset.get_batch(idx, accelerator.device) for idx in stream.iterate(start_micro))
+        else:
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=stream.iterate(start_micro),  # type: ignore[arg-type]
+                collate_fn=task.collate,
+                num_workers=config.dataloader_num_workers,
+                pin_memory=accelerator.device.type == "cuda",
+                generator=torch.Generator().manual_seed(config.seed),
+            )
+            batches = (_to_device(b, accelerator.device) for b in loader)
 
     if accelerator.is_main_process and log_with:
         accelerator.init_trackers(
@@ -513,6 +517,41 @@ def push_folder_to_hub(folder: Path, repo_id: str | None, private: bool = True) 
         commit_message="Upload medsd model",
     )
     return repo_id
+
+
+def _stream_batches(
+    dataset: Any, task: TrainingTask, config: TrainConfig, accelerator: Any, start_micro: int
+):
+    """Batches from a streaming dataset (corpora that do not fit on disk or in memory).
+
+    Epochs repeat the stream; process ``r`` of ``w`` takes every ``w``-th batch. On resume the batches
+    already seen are read and skipped, so the data order continues where it stopped.
+    """
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.train_batch_size,
+        collate_fn=task.collate,
+        num_workers=config.dataloader_num_workers,
+        drop_last=True,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+    k, seen = 0, 0
+    while True:
+        produced = False
+        for batch in loader:
+            produced = True
+            mine = k % accelerator.num_processes == accelerator.process_index
+            k += 1
+            if not mine:
+                continue
+            seen += 1
+            if seen <= start_micro:
+                continue
+            yield _to_device(batch, accelerator.device)
+        if not produced:
+            raise ValueError(
+                "the streaming dataset yielded no full batch; lower train_batch_size or check the data"
+            )
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

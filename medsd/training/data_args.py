@@ -46,7 +46,7 @@ def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
     """The ``medsd.data.DataConfig`` these settings describe."""
     from medsd.data import DataConfig
 
-    source, path = args.train_data, None
+    source, path, data_dir = args.train_data, None, None
     kind = "chest"
     if source in ("phantom", "phantom-chest", "phantom-ct"):
         kind = "ct" if source == "phantom-ct" else "chest"
@@ -58,7 +58,10 @@ def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
     else:
         from pathlib import Path
 
-        source, path = ("folder", source) if Path(source).is_dir() else ("hf", source)
+        if Path(source).is_dir() and args.streaming:  # a folder streamed through datasets' imagefolder
+            source, path, data_dir = "hf", "imagefolder", source
+        else:
+            source, path = ("folder", source) if Path(source).is_dir() else ("hf", source)
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     values = dict(
         source=source,
@@ -79,6 +82,7 @@ def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
         max_samples=args.max_train_samples,
         skip_bad_images=args.skip_bad_images,
         streaming=args.streaming,
+        data_dir=data_dir,
         phantom_kind=kind,
         phantom_count=args.phantom_count,
         finding_probability=args.finding_probability,
