@@ -1,0 +1,261 @@
+"""Image-conditioned DDPM training (Med-cDiff, Hung et al.) for super-resolution, denoising or inpainting.
+
+Clean images come from ``medsd.data`` (decoded once into a uint8 cache on the training device when possible);
+the degradation is applied on the fly on the device, and the denoiser learns
+``MSE(eps, eps_theta(concat(x_t, y), t))`` with ``t`` uniform over the T training steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig, parse_config
+from .core import TrainingTask, train
+from .data_args import DataArgs, build_training_data
+from .model_card import write_model_card
+
+
+@dataclasses.dataclass
+class CDDPMTrainConfig(DataArgs, TrainConfig):
+    """Train an image-conditioned 1-channel DDPM (Med-cDiff): sr, denoise or inpaint (defaults: CPU-sized)."""
+
+    task: str = "sr"
+    """sr (super-resolution), denoise or inpaint."""
+    factor: float = 4.0
+    """Super-resolution factor; non-integer allowed (e.g. 2.8284 for 2*sqrt(2))."""
+    down_mode: str = "area"
+    """Super-resolution down-sampling: area, bicubic or bilinear."""
+    up_mode: str = "bicubic"
+    """Interpolation of the low-resolution image back to full size: bicubic, bilinear or nearest."""
+    noise_sigma: list[float] = dataclasses.field(default_factory=lambda: [0.05, 0.2])
+    """Denoising: range of the Gaussian noise sigma, in units of the [0, 1] intensity range."""
+    sp_amount: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.05])
+    """Denoising: range of the salt-and-pepper fraction of pixels."""
+    mask_kind: str = "mixed"
+    """Inpainting masks: box, irregular (free-form strokes), mixed or file."""
+    mask_file: str | None = None
+    """Inpainting: a mask image (white = missing) for mask_kind file."""
+    box_frac: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5])
+    """Inpainting: box side as a fraction of the image side."""
+    model: str = "light-tiny"
+    """U-Net preset (in_channels is set to 1 + condition channels): light-tiny, light-ct, diffusers-small, ..."""
+    block_out_channels: list[int] | None = None
+    """Override the U-Net's channels per level, e.g. 32,64,128."""
+    num_train_timesteps: int = 2000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    validation_sampler: str = "ddpm"
+    """Sampler of the validation grid: ddpm (ancestral, robust also with fewer steps than T), ddim or dpm."""
+    validation_inference_steps: int = 100
+    num_validation_images: int = 4
+    learning_rate: float = 1e-4
+    train_batch_size: int = 16
+    output_dir: str = "outputs/cddpm"
+
+
+def degradation_from_config(config: CDDPMTrainConfig) -> Any:
+    from medsd.data.degradations import Degradation
+
+    return Degradation(
+        task=config.task,
+        factor=config.factor,
+        down_mode=config.down_mode,
+        up_mode=config.up_mode,
+        noise_sigma=tuple(config.noise_sigma),
+        sp_amount=tuple(config.sp_amount),
+        mask_kind=config.mask_kind,
+        mask_file=config.mask_file,
+        box_frac=tuple(config.box_frac),
+    )
+
+
+def _batch_of(dataset: Any, indices: list[int], device: torch.device) -> torch.Tensor:
+    """Clean images ``[B, 1, H, W]`` of ``indices`` from a uint8 cache or a map-style dataset."""
+    if hasattr(dataset, "get_batch"):
+        return dataset.get_batch(indices, device)["pixel_values"].float()
+    return torch.stack([dataset[i]["pixel_values"] for i in indices]).float().to(device)
+
+
+class CDDPMTask(TrainingTask):
+    """Noise prediction conditioned on a degraded copy of the image: ``MSE(eps, unet([x_t, y], t))``."""
+
+    ema_module = "unet"
+
+    def __init__(self, config: CDDPMTrainConfig, dataset: Any = None, mapping: Any = None):
+        from medsd.models import build_unet
+        from medsd.pipelines.cddpm import paper_scheduler
+
+        self.config = config
+        self.degradation = degradation_from_config(config)
+        if dataset is None:
+            dataset, mapping = build_training_data(config)
+        self.dataset, self.mapping = dataset, mapping
+        overrides: dict[str, Any] = {
+            "sample_size": config.resolution,
+            "in_channels": 1 + self.degradation.cond_channels,
+            "out_channels": 1,
+        }
+        if config.block_out_channels:
+            overrides["block_out_channels"] = tuple(config.block_out_channels)
+        self.unet = build_unet(config.model, **overrides)
+        if config.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.noise_scheduler = paper_scheduler(
+            config.num_train_timesteps,
+            beta_schedule=config.beta_schedule,
+            beta_start=config.beta_start,
+            beta_end=config.beta_end,
+        )
+        self._val_batch: tuple[torch.Tensor, Any] | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet}
+
+    def setup(self, accelerator: Any) -> None:
+        # A uint8 cache lives on the training device: batches are sliced and degraded there.
+        if (
+            hasattr(self.dataset, "get_batch")
+            and hasattr(self.dataset, "to")
+            and self.config.cache_images_on_device
+        ):
+            self.dataset.to(accelerator.device)
+
+    def train_dataset(self) -> Any:
+        return self.dataset
+
+    def loss(self, batch: dict[str, Any], modules: dict[str, nn.Module], accelerator: Any) -> torch.Tensor:
+        from medsd.pipelines.cddpm import denoise
+
+        clean = batch["pixel_values"].float()
+        with torch.no_grad():
+            cond = self.degradation(clean).condition  # global RNG: checkpointed by accelerate
+        noise = torch.randn_like(clean)
+        t = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+        noisy = self.noise_scheduler.add_noise(clean, noise, t)
+        pred = denoise(modules["unet"], noisy, cond, t)
+        return F.mse_loss(pred.float(), noise.float())
+
+    def metadata(self) -> dict[str, Any]:
+        d = self.degradation
+        return {
+            "family": "cddpm",
+            "task": d.task,
+            "factor": d.factor if d.task == "sr" else None,
+            "cond_channels": d.cond_channels,
+            "degradation": d.to_dict(),
+            "train_data": self.config.train_data,
+            "data_seed": self.config.seed,
+            "resolution": self.config.resolution,
+            "train_scheduler": dict(self.noise_scheduler.config),
+        }
+
+    def pipeline(self, unet: nn.Module):
+        from medsd.pipelines.cddpm import MedCDDPMPipeline
+
+        pipe = MedCDDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
+        pipe.intensity_mapping = self.mapping
+        pipe.medsd_metadata = self.metadata()
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def validation_batch(self, device: torch.device) -> tuple[torch.Tensor, Any]:
+        """The fixed validation images and their fixed, seeded degradation (the same at every validation)."""
+        if self._val_batch is None:
+            n = max(1, min(self.config.num_validation_images, len(self.dataset)))
+            indices = list(range(n))
+            clean = _batch_of(self.dataset, indices, torch.device("cpu"))
+            self._val_batch = (clean, self.degradation.fixed(clean, indices, seed=self.config.seed))
+        clean, degraded = self._val_batch
+        return clean.to(device), degraded
+
+    def validate(self, modules: dict[str, nn.Module], step: int, accelerator: Any) -> list[Any]:
+        unet = modules["unet"]
+        was_training = unet.training
+        unet.eval()
+        clean, degraded = self.validation_batch(accelerator.device)
+        generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
+        cond_image = degraded.condition[:, :1]
+        with torch.autocast(accelerator.device.type, enabled=False):
+            out = self.pipeline(unet)(
+                image=cond_image,
+                mask=degraded.mask,
+                num_inference_steps=self.config.validation_inference_steps,
+                generator=generator,
+                output_type="pt",
+                sampler=self.config.validation_sampler,
+                image_size=tuple(cond_image.shape[-2:]),
+            )
+        unet.train(was_training)
+        return [restoration_grid([cond_image.cpu(), out.images.cpu(), clean.cpu()])]
+
+    def save(self, output_dir: Path, modules: dict[str, nn.Module], accelerator: Any) -> None:
+        pipe = self.pipeline(modules["unet"])
+        pipe.save_pretrained(output_dir)
+        cfg = self.config
+        d = self.degradation
+        write_model_card(
+            output_dir,
+            title=f"medsd cDDPM ({d.describe()})",
+            summary=(
+                f"An image-conditioned {cfg.model} U-Net DDPM (Med-cDiff) for {d.describe()} of {cfg.resolution} px "
+                f"1-channel images, trained on {cfg.train_data}."
+            ),
+            usage=(
+                "from medsd import MedCDDPMPipeline\n"
+                f'pipe = MedCDDPMPipeline.from_pretrained("{output_dir.name}")\n'
+                "out = pipe(image=degraded, num_samples=8, sampler='dpm')  # add mask= for inpainting\n"
+                "restored, mean, std = out.images, out.mean, out.std"
+            ),
+            training={
+                k: getattr(cfg, k)
+                for k in (
+                    "task",
+                    "factor",
+                    "model",
+                    "train_data",
+                    "resolution",
+                    "num_train_timesteps",
+                    "max_train_steps",
+                    "train_batch_size",
+                    "learning_rate",
+                    "mixed_precision",
+                    "use_ema",
+                )
+            },
+            pipeline_tag="image-to-image",
+        )
+
+
+def restoration_grid(rows: list[torch.Tensor], pad: int = 2) -> Any:
+    """One PIL image: each tensor ``[N, 1, H, W]`` in [-1, 1] is a row (e.g. condition | sample | target)."""
+    from PIL import Image
+
+    from medsd.pipelines.output import postprocess
+
+    rows = [r.float().clamp(-1, 1) for r in rows]
+    n = max(r.shape[0] for r in rows)
+    h, w = rows[0].shape[-2:]
+    grid = Image.new("L", (n * w + (n - 1) * pad, len(rows) * h + (len(rows) - 1) * pad), 255)
+    for ri, r in enumerate(rows):
+        for ci, im in enumerate(postprocess(r, "pil")):
+            grid.paste(im, (ci * (w + pad), ri * (h + pad)))
+    return grid
+
+
+def train_cddpm(config: CDDPMTrainConfig):
+    """Train and save a :class:`~medsd.pipelines.cddpm.MedCDDPMPipeline` into ``config.output_dir``."""
+    return train(CDDPMTask(config), config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(CDDPMTrainConfig, argv)
+    result = train_cddpm(config)
+    print(f"pipeline saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
+    return 0
