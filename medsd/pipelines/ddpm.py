@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,18 +27,25 @@ class MedImagePipelineOutput(BaseOutput):
 
 
 def fast_scheduler(train_scheduler_config: Any) -> DPMSolverMultistepScheduler:
-    """DPM-Solver++(2M) set up to sample pixel-space images soundly in 25 steps or fewer.
+    """SDE-DPM-Solver++(2M) set up to sample pixel-space images soundly in 25 steps or fewer.
 
-    The usual ``DPMSolverMultistepScheduler.from_config(ddpm.config)`` swap silently drops DDPM's
-    ``clip_sample=True``: DPM-Solver++ then trusts every x0 prediction, and a model that is still
-    imprecise at high noise predicts x0 far outside [-1, 1]; the multistep extrapolation carries that
-    into all-black, all-white or flat images. Thresholding x0 to the data range (``sample_max_value=1``
-    makes dynamic thresholding a plain clip, what DDPM does at every step) restores the guard; trailing
-    timestep spacing starts the solver at the last training step, where x_T really is N(0, I).
+    The usual ``DPMSolverMultistepScheduler.from_config(ddpm.config)`` swap fails for two reasons, both
+    measured in ``benchmarks/fast_sampler.py`` (docs/ddpm.md has the table):
+
+    1. It silently drops DDPM's ``clip_sample=True``: DPM-Solver++ then trusts every x0 prediction, and a
+       model still imprecise at high noise predicts x0 far outside [-1, 1] (x0 = x_t / sqrt(abar_t) - ...
+       divides by ~0.006 at t = 999); the multistep update carries that into all-black, all-white or flat
+       images. ``thresholding=True`` with ``sample_max_value=1`` clips x0 to the data range, as DDPM does.
+    2. It is a deterministic (probability-flow ODE) solver. DDPM's ancestral sampling re-injects noise at
+       every step, which corrects the model's errors; an ODE solver accumulates them. With clipping alone,
+       DDIM and DPM-Solver++ still gave 27-100% flat or noisy images on an under-trained model; the SDE
+       variant of DPM-Solver++, which adds noise like ancestral sampling, gave about 1%.
+
+    Trailing timestep spacing starts the solver at the last training step, where x_T really is N(0, I).
     """
     return DPMSolverMultistepScheduler.from_config(
         train_scheduler_config,
-        algorithm_type="dpmsolver++",
+        algorithm_type="sde-dpmsolver++",
         solver_order=2,
         thresholding=True,
         dynamic_thresholding_ratio=0.995,
@@ -93,10 +101,13 @@ class MedDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
         image = image * self.scheduler.init_noise_sigma
 
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        # stochastic schedulers take the generator; deterministic ones (e.g. UniPC) have no such argument
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(image, t)
             model_output = self.unet(model_input, t).sample
-            image = self.scheduler.step(model_output, t, image, generator=generator).prev_sample
+            image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
 
         images = postprocess(image, output_type, self.intensity_mapping)
         self.maybe_free_model_hooks()
