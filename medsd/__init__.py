@@ -49,6 +49,11 @@ _EXPORTS: dict[str, str] = {
     # pipelines
     "MedDDPMPipeline": "medsd.pipelines.ddpm",
     "MedImagePipelineOutput": "medsd.pipelines.ddpm",
+    "MedCDDPMPipeline": "medsd.pipelines.cddpm",
+    "MedCDDPMPipelineOutput": "medsd.pipelines.cddpm",
+    "CDDPMTrainConfig": "medsd.training.cddpm",
+    "CDDPMTask": "medsd.training.cddpm",
+    "Degradation": "medsd.data.degradations",
     "fast_scheduler": "medsd.pipelines.ddpm",
     # metrics
     "EvalConfig": "medsd.metrics.evaluate",

@@ -67,7 +67,16 @@ def test_bad_config_value_is_one_clear_line(capsys):
     assert len(err) == 1 and "max_train_steps" in err[0]
 
 
-LAYERS = {"data": 0, "models": 0, "utils": 0, "pipelines": 1, "metrics": 1, "training": 2, "commands": 3, "cli": 3}
+LAYERS = {
+    "data": 0,
+    "models": 0,
+    "utils": 0,
+    "pipelines": 1,
+    "metrics": 1,
+    "training": 2,
+    "commands": 3,
+    "cli": 3,
+}
 
 
 def test_imports_flow_one_way():

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--output_dir", default="outputs/quickstart", help="where everything is written")
-    p.add_argument("--max_train_steps", type=int, default=1500, help="training steps (default: 1500)")
+    p.add_argument("--max_train_steps", type=int, default=1200, help="training steps (default: 1200)")
     p.add_argument("--resolution", type=int, default=32, help="phantom size in pixels (default: 32)")
     p.add_argument("--num_images", type=int, default=1024, help="training phantoms (default: 1024)")
     p.add_argument("--num_samples", type=int, default=64, help="images to sample and evaluate (default: 64)")
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     )
     minutes = (time.perf_counter() - t0) / 60
     dist = report.get("distribution", {}).get("radiomics", {})
-    degenerate = report.get("degenerate", {}).get("fake_fraction")
+    degenerate = report.get("degenerate", {})
     print()
     print(f"done in {minutes:.1f} min")
     print(f"  pipeline     {result.output_dir}   (MedDDPMPipeline.from_pretrained)")
@@ -120,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  radiomics Fréchet distance to held-out phantoms: {dist.get('frechet_distance', float('nan')):.2f}{base_txt}"
         )
-    if degenerate is not None:
-        print(f"  degenerate samples: {degenerate:.1%}")
+    if degenerate:
+        # The rule (neighbour-pixel correlation < 0.8 among others) was set for 128+ px X-rays; small
+        # phantoms with rib texture trip it too, so the real phantoms' count is the reference here.
+        print(
+            f"  flagged by the degenerate-image rule: samples {degenerate['fake_fraction']:.1%}, "
+            f"held-out real phantoms {degenerate['real_fraction']:.1%}"
+        )
     return 0

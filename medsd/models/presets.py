@@ -21,7 +21,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "light-tiny": dict(
         cls="LightUNet2DModel",
         sample_size=32,
-        block_out_channels=(32, 64, 64),
+        block_out_channels=(16, 32, 64),
         layers_per_block=1,
         norm_num_groups=8,
         attention_levels=(),
