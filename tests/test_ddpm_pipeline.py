@@ -197,3 +197,25 @@ def test_ddpm_trains_from_a_streamed_folder_and_resumes(tmp_path):
         presets.PRESETS["diffusers-small"]["norm_num_groups"] = old
     assert resumed.global_step == 5
     assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "checkpoint-4"
+
+
+def test_augmentation_runs_per_batch_on_the_cached_tensor():
+    import torch
+
+    from medsd.training.data_args import DeviceAugmentedCache, build_training_data
+    from medsd.training.ddpm import DDPMTrainConfig
+
+    cfg = DDPMTrainConfig(
+        resolution=16, phantom_count=16, data_split="all", affine_jitter=True, random_flip=True
+    )
+    ds, _ = build_training_data(cfg)
+    assert isinstance(ds, DeviceAugmentedCache)
+    before = ds.cache.images.clone()
+    a = ds.get_batch([0, 1, 2, 3], "cpu")["pixel_values"]
+    b = ds.get_batch([0, 1, 2, 3], "cpu")["pixel_values"]
+    assert a.shape == (4, 1, 16, 16) and not torch.allclose(a, b)  # fresh jitter every batch
+    assert torch.equal(ds.cache.images, before)  # the cache itself is never augmented
+    plain, _ = build_training_data(DDPMTrainConfig(resolution=16, phantom_count=16, data_split="all"))
+    torch.testing.assert_close(
+        plain.get_batch([0], "cpu")["pixel_values"], plain.get_batch([0], "cpu")["pixel_values"]
+    )

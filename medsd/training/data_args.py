@@ -90,18 +90,55 @@ def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
     return DataConfig(**{k: v for k, v in values.items() if k in fields and v is not None})
 
 
+class DeviceAugmentedCache:
+    """A ``UInt8ImageCache`` whose batches get the random augmentation where they live (the GPU).
+
+    The cache holds un-augmented images; every batch draws new jitter/flips from the global RNG, which
+    checkpoints save and restore, so resumed runs see the same augmentations.
+    """
+
+    def __init__(self, cache: Any, affine: bool, hflip: bool):
+        self.cache, self.affine, self.hflip = cache, affine, hflip
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def to(self, device: Any) -> DeviceAugmentedCache:
+        self.cache = self.cache.to(device)
+        return self
+
+    def get_batch(self, indices: Any, device: Any = None) -> dict:
+        import torch
+
+        from medsd.data.transforms import random_affine
+
+        batch = self.cache.get_batch(indices, device)
+        x = batch["pixel_values"]
+        if self.affine:
+            x = random_affine(x)
+        if self.hflip:
+            flip = (torch.rand(x.shape[0]) < 0.5).to(x.device)[:, None, None, None]
+            x = x.flip(-1).where(flip, x)
+        batch["pixel_values"] = x
+        return batch
+
+
 def build_training_data(args: Any, cache: bool | None = None) -> tuple[Any, Any]:
-    """(dataset, intensity mapping); decoded once into a uint8 cache when ``cache_images_on_device``."""
+    """(dataset, intensity mapping).
+
+    With ``cache_images_on_device`` (default) the images are decoded once into a uint8 tensor that the
+    core moves to the training device; jitter and flips then run there, batch by batch.
+    """
     from medsd.data import UInt8ImageCache, build_dataset
 
-    dataset, mapping = build_dataset(data_config(args, seed=getattr(args, "seed", 0)))
     use_cache = getattr(args, "cache_images_on_device", False) if cache is None else cache
-    if (
-        use_cache
-        and not args.streaming
-        and not args.affine_jitter
-        and not args.random_flip
-        and args.crop == "center"
-    ):
+    use_cache = use_cache and not args.streaming and args.crop == "center"
+    cfg = data_config(args, seed=getattr(args, "seed", 0))
+    if use_cache:
+        cfg.affine, cfg.hflip = False, False  # augment per batch on the device, not once in the cache
+    dataset, mapping = build_dataset(cfg)
+    if use_cache:
         dataset = UInt8ImageCache.from_dataset(dataset)
+        if args.affine_jitter or args.random_flip:
+            dataset = DeviceAugmentedCache(dataset, args.affine_jitter, args.random_flip)
     return dataset, mapping
