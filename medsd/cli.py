@@ -58,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError) as e:
-        if getattr(args, "debug", False):
+    except Exception as e:  # noqa: BLE001 - user-facing errors become one line; bugs keep their traceback
+        expected = (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError, KeyError)
+        if getattr(args, "debug", False) or not (
+            isinstance(e, expected) or type(e).__name__ in ("NonFiniteLossError", "MissingWeightsError")
+        ):
             raise
         print(f"medsd {args.command}: error: {e}", file=sys.stderr)
         return 2
