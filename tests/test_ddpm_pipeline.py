@@ -219,3 +219,37 @@ def test_augmentation_runs_per_batch_on_the_cached_tensor():
     torch.testing.assert_close(
         plain.get_batch([0], "cpu")["pixel_values"], plain.get_batch([0], "cpu")["pixel_values"]
     )
+
+
+@pytest.mark.parametrize("fmt", ["png8", "png16", "dicom"])
+def test_sample_command_writes_original_units(pipe, tmp_path, fmt):
+    from medsd.cli import main
+    from medsd.data import read_image
+
+    pipe.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    args = [
+        "sample",
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(out),
+        "--num_images",
+        "2",
+        "--num_inference_steps",
+        "5",
+        "--format",
+        fmt,
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    files = sorted(out.iterdir())
+    assert len(files) == 2
+    expected = _sample(pipe, 0, output_type="native")[0] if fmt != "png8" else None
+    img = read_image(files[0])
+    if fmt == "dicom":  # HU written through the saved mapping come back within rescale precision
+        np.testing.assert_allclose(img.array, expected, atol=1.0)
+    elif fmt == "png16":  # 16-bit levels of the [-1000, 400] window
+        np.testing.assert_allclose(-1000 + img.array / 65535 * 1400, expected, atol=0.1)
+    assert main(args) == 2  # never silently writes into a folder with images
