@@ -253,3 +253,16 @@ def test_sample_command_writes_original_units(pipe, tmp_path, fmt):
     elif fmt == "png16":  # 16-bit levels of the [-1000, 400] window
         np.testing.assert_allclose(-1000 + img.array / 65535 * 1400, expected, atol=0.1)
     assert main(args) == 2  # never silently writes into a folder with images
+
+
+def test_train_labels_selects_one_class():
+    from medsd.training.data_args import build_training_data
+    from medsd.training.ddpm import DDPMTrainConfig
+
+    cfg = DDPMTrainConfig(resolution=16, phantom_count=40, data_split="all", train_labels="opacity")
+    ds, _ = build_training_data(cfg, cache=False)
+    assert 0 < len(ds) < 40 and set(ds.labels) == {"opacity"}
+    with pytest.raises(ValueError, match="labels present"):
+        build_training_data(
+            DDPMTrainConfig(resolution=16, phantom_count=8, train_labels="pneumonia"), cache=False
+        )

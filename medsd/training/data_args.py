@@ -20,6 +20,8 @@ class DataArgs:
     caption_column: str | None = None
     patient_column: str | None = None
     """Patient id column: splits never put one patient on both sides."""
+    train_labels: str | None = None
+    """Keep only images with these labels (comma-separated), e.g. 'Pneumonia' for a class-specific model."""
     prompt_template: str | None = None
     """e.g. 'a chest x-ray, {label}' (fields from the metadata)."""
     data_split: str = "train"
@@ -123,6 +125,20 @@ class DeviceAugmentedCache:
         return batch
 
 
+def select_labels(dataset: Any, labels: str) -> Any:
+    """The items of ``dataset`` whose label is one of the comma-separated ``labels`` (case-insensitive)."""
+    wanted = {w.strip().lower() for w in labels.split(",") if w.strip()}
+    if not hasattr(dataset, "labels") or not hasattr(dataset, "select"):
+        raise ValueError("train_labels: this data source has no labels to select from (streaming?)")
+    have = [str(lab).lower() if lab is not None else None for lab in dataset.labels]
+    keep = [i for i, lab in enumerate(have) if lab in wanted]
+    if not keep:
+        raise ValueError(
+            f"train_labels: no image has a label in {sorted(wanted)}; labels present: {sorted({h for h in have if h})}"
+        )
+    return dataset.select(keep)
+
+
 def build_training_data(args: Any, cache: bool | None = None) -> tuple[Any, Any]:
     """(dataset, intensity mapping).
 
@@ -137,6 +153,8 @@ def build_training_data(args: Any, cache: bool | None = None) -> tuple[Any, Any]
     if use_cache:
         cfg.affine, cfg.hflip = False, False  # augment per batch on the device, not once in the cache
     dataset, mapping = build_dataset(cfg)
+    if args.train_labels:
+        dataset = select_labels(dataset, args.train_labels)
     if use_cache:
         dataset = UInt8ImageCache.from_dataset(dataset)
         if args.affine_jitter or args.random_flip:
