@@ -266,3 +266,32 @@ def test_train_labels_selects_one_class():
         build_training_data(
             DDPMTrainConfig(resolution=16, phantom_count=8, train_labels="pneumonia"), cache=False
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_ddpm_trains_in_mixed_precision_on_cuda(tmp_path, precision):
+    from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
+
+    cfg = DDPMTrainConfig(
+        output_dir=str(tmp_path / precision),
+        resolution=32,
+        phantom_count=64,
+        data_split="all",
+        max_train_steps=20,
+        train_batch_size=8,
+        mixed_precision=precision,
+        channels_last=True,
+        checkpointing_steps=10,
+        validation_steps=20,
+        num_validation_images=4,
+        logging_steps=5,
+        report_to="none",
+        progress_bar=False,
+        use_ema=True,
+    )
+    result = train_ddpm(cfg)
+    losses = [loss for _, loss in result.loss_history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    loaded = MedDDPMPipeline.from_pretrained(tmp_path / precision)
+    assert all(p.dtype == torch.float32 for p in loaded.unet.parameters())
