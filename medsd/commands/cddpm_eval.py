@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a trained cDDPM (super-resolution, denoising, inpainting) against classical baselines",
         description=(
             "Degrade held-out images with a fixed seed, restore them with the cDDPM (1 sample and the mean of "
-            "--num_samples) and with baselines, and write metrics.json, metrics.md and figure.png to --out."
+            "--num_samples) and with baselines, and write metrics.json, metrics.md and figure_<task>[_x<factor>].png to --out."
         ),
     )
     p.add_argument("--model", required=True, help="MedCDDPMPipeline folder or Hub id")
@@ -101,18 +101,22 @@ def load_test_images(
         if mapping is not None and getattr(mapping, "fitted", False):
             window = (float(mapping.low), float(mapping.high))
 
+    split = args.split
+    if args.data in ("phantom", "phantom-ct"):
+        # Phantom i depends only on (seed, i): draw test phantoms from a seed no training run used.
+        seed, split = seed + 99_991, "all"
     dargs = DataArgs(
         train_data=args.data,
         image_column=args.image_column,
         label_column=args.label_column,
         patient_column=args.patient_column,
-        data_split=args.split,
+        data_split=split,
         resolution=resolution,
         intensity=intensity,
         max_train_samples=args.num_images,
         phantom_count=args.phantom_count,
     )
-    cfg = data_config(dargs, seed=seed, split=args.split)
+    cfg = data_config(dargs, seed=seed, split=split)
     if window is not None and hasattr(cfg, "window"):
         cfg = dataclasses.replace(cfg, window=window)
     dataset, _ = build_dataset(cfg)

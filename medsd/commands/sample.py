@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--format",
         default="png8",
         choices=["png8", "png16", "dicom"],
-        help="png16 and dicom write original units through the saved intensity mapping",
+        help="png8: 8-bit; png16: the model's intensity window at 16 bits; dicom: original units (e.g. HU) through the saved intensity mapping",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")

@@ -35,6 +35,7 @@ _SHIM = '''"""Inference script for a medsd pipeline (loaded by diffusers' Diffus
 Needs `pip install medsd`.
 """
 
+import medsd.models  # noqa: F401  (component classes, e.g. medsd.models.light_unet.LightUNet2DModel)
 from medsd.pipelines.{module} import {class_name}  # noqa: F401
 '''
 

@@ -255,7 +255,7 @@ def train_cddpm(config: CDDPMTrainConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(CDDPMTrainConfig, argv)
+    config = parse_config(CDDPMTrainConfig, argv, prog="medsd train cddpm")
     result = train_cddpm(config)
     print(f"pipeline saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
     return 0

@@ -57,7 +57,7 @@ class SDLoRATrainConfig(DataArgs, TrainConfig):
     image_column: str | None = None
     """Image column; default: the first of file_name, filename, image, path present."""
     caption_column: str | None = None
-    """Caption column; default: 'text' or 'caption' when present and no prompt_template is given."""
+    """Caption column; default: 'text', 'caption' or 'prompt' when present and no prompt_template is given."""
     prompt_template: str | None = None
     """Prompts from metadata fields, e.g. 'a chest x-ray, {label}' with --label_column label."""
     data_split: str = "all"
@@ -711,7 +711,9 @@ def train_sd_lora(config: SDLoRATrainConfig) -> TrainResult:
 
 def main(argv: list[str] | None = None) -> int:
     """``medsd train sd-lora`` / ``recipes/finetune_sd_xray.py``: parse flags (and --config YAML), train."""
-    config = parse_config(SDLoRATrainConfig, argv, description=SDLoRATrainConfig.__doc__)
+    config = parse_config(
+        SDLoRATrainConfig, argv, description=SDLoRATrainConfig.__doc__, prog="medsd train sd-lora"
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = train_sd_lora(config)
     print(f"LoRA saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
