@@ -295,3 +295,33 @@ def test_ddpm_trains_in_mixed_precision_on_cuda(tmp_path, precision):
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     loaded = MedDDPMPipeline.from_pretrained(tmp_path / precision)
     assert all(p.dtype == torch.float32 for p in loaded.unet.parameters())
+
+
+def test_skipped_bad_images_are_listed_when_training_ends(tmp_path, capsys):
+    from PIL import Image
+
+    from medsd.data import MedImageError, chest_phantom
+    from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray((chest_phantom(16, seed=i) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    common = dict(
+        train_data=str(folder),
+        data_split="all",
+        resolution=16,
+        model="light-tiny",
+        max_train_steps=1,
+        train_batch_size=4,
+        checkpointing_steps=0,
+        validation_steps=0,
+        report_to="none",
+        progress_bar=False,
+    )
+    with pytest.raises(MedImageError, match="broken.png"):
+        train_ddpm(DDPMTrainConfig(output_dir=str(tmp_path / "a"), **common))
+    train_ddpm(DDPMTrainConfig(output_dir=str(tmp_path / "b"), skip_bad_images=True, **common))
+    out = capsys.readouterr().out
+    assert "1 image(s) were skipped" in out and "broken.png" in out

@@ -499,6 +499,11 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
             json.dump({"steps": global_step, "seconds": seconds, "loss_history": history}, f, indent=1)
         if config.push_to_hub:
             push_folder_to_hub(output_dir, config.hub_model_id, private=config.hub_private)
+    skipped = getattr(dataset, "skipped", None)
+    if skipped and accelerator.is_main_process:
+        accelerator.print(f"{len(skipped)} image(s) were skipped as unreadable (--skip_bad_images):")
+        for path, reason in skipped:
+            accelerator.print(f"  {path}: {reason}")
     accelerator.end_training()
     return TrainResult(output_dir=output_dir, global_step=global_step, loss_history=history, seconds=seconds)
 

@@ -153,10 +153,12 @@ def build_training_data(args: Any, cache: bool | None = None) -> tuple[Any, Any]
     if use_cache:
         cfg.affine, cfg.hflip = False, False  # augment per batch on the device, not once in the cache
     dataset, mapping = build_dataset(cfg)
+    skipped = list(getattr(dataset, "skipped", []) or [])
     if args.train_labels:
         dataset = select_labels(dataset, args.train_labels)
     if use_cache:
         dataset = UInt8ImageCache.from_dataset(dataset)
         if args.affine_jitter or args.random_flip:
             dataset = DeviceAugmentedCache(dataset, args.affine_jitter, args.random_flip)
+    dataset.skipped = skipped  # (path, reason) of unreadable images, listed again when training ends
     return dataset, mapping
