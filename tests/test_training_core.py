@@ -122,6 +122,17 @@ def test_checkpoints_are_rotated_and_carry_their_step(tmp_path):
     assert not list((tmp_path / "run").glob(".tmp-*"))
 
 
+def test_log_times_follow_the_logged_steps(tmp_path):
+    """Benchmarks read step times from TrainResult.log_times: one increasing entry per logged step."""
+    result = train(RegressionTask(), _config(tmp_path, logging_steps=1, checkpointing_steps=0))
+    steps = [s for s, _ in result.log_times]
+    times = [t for _, t in result.log_times]
+    assert steps == [s for s, _ in result.loss_history] == list(range(1, 9))
+    assert all(b > a for a, b in zip(times, times[1:])) and 0 < times[-1] <= result.seconds
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert [s for s, _ in summary["log_times"]] == steps
+
+
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     train(RegressionTask(), _config(tmp_path, max_train_steps=4, checkpointing_steps=4))
     good = list_checkpoints(tmp_path / "run")[-1]

@@ -76,6 +76,8 @@ class TrainResult:
     global_step: int
     loss_history: list[tuple[int, float]]
     seconds: float
+    log_times: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    """(step, seconds since the loop started) at every logging step: step times for benchmarks."""
 
 
 def default_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -414,6 +416,7 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    log_times: list[tuple[int, float]] = []
     t_start = time.perf_counter()
     t_window = t_start
 
@@ -468,6 +471,7 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
                 t_window = now
                 lr = lr_scheduler.get_last_lr()[0]
                 history.append((global_step, avg))
+                log_times.append((global_step, now - t_start))
                 progress.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}", it_s=f"{steps_per_s:.2f}")
                 accelerator.log(
                     {"train_loss": avg, "lr": lr, "steps_per_second": steps_per_s}, step=global_step
@@ -496,7 +500,11 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
         save_config(config, output_dir / "training_config.yaml")
         _save_loss_curve(history, output_dir / "loss_curve.png")
         with open(output_dir / "train_summary.json", "w") as f:
-            json.dump({"steps": global_step, "seconds": seconds, "loss_history": history}, f, indent=1)
+            json.dump(
+                {"steps": global_step, "seconds": seconds, "loss_history": history, "log_times": log_times},
+                f,
+                indent=1,
+            )
         if config.push_to_hub:
             push_folder_to_hub(output_dir, config.hub_model_id, private=config.hub_private)
     skipped = getattr(dataset, "skipped", None)
@@ -505,7 +513,13 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
         for path, reason in skipped:
             accelerator.print(f"  {path}: {reason}")
     accelerator.end_training()
-    return TrainResult(output_dir=output_dir, global_step=global_step, loss_history=history, seconds=seconds)
+    return TrainResult(
+        output_dir=output_dir,
+        global_step=global_step,
+        loss_history=history,
+        seconds=seconds,
+        log_times=log_times,
+    )
 
 
 def push_folder_to_hub(folder: Path, repo_id: str | None, private: bool = True) -> str:
