@@ -91,6 +91,34 @@ def test_degradation_is_applied_in_the_loss(tmp_path, monkeypatch):
     assert 0.5 < loss.item() < 2  # MSE(eps, 0) ~ 1
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_loss_target_follows_prediction_type(tmp_path, monkeypatch, prediction_type):
+    """A network that outputs exactly the right target has zero loss; the scheduler saved with the model
+    reads its output the same way."""
+    config = tiny_config(tmp_path, "sr", prediction_type=prediction_type)
+    cddpm = CDDPMTask(config)
+    batch = cddpm.dataset.get_batch([0, 1, 2, 3], "cpu")
+    clean = batch["pixel_values"].float()
+    captured = {}
+
+    def add_noise(x0, noise, t):
+        captured.update(noise=noise, t=t)
+        return type(cddpm.noise_scheduler).add_noise(cddpm.noise_scheduler, x0, noise, t)
+
+    def oracle(unet, x_t, cond, t):
+        noise, ts = captured["noise"], captured["t"]
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "sample":
+            return clean
+        return cddpm.noise_scheduler.get_velocity(clean, noise, ts)
+
+    monkeypatch.setattr(cddpm.noise_scheduler, "add_noise", add_noise)
+    monkeypatch.setattr("medsd.pipelines.cddpm.denoise", oracle)
+    assert cddpm.loss(batch, {"unet": cddpm.unet}, None).item() < 1e-10
+    assert cddpm.pipeline(cddpm.unet).scheduler.config.prediction_type == prediction_type
+
+
 def test_main_parses_flags_and_yaml(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("task: denoise\nnoise_sigma: [0.1, 0.3]\nresolution: 16\n")

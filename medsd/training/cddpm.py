@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, parse_config
-from .core import TrainingTask, train
+from .core import TrainingTask, diffusion_target, train
 from .data_args import DataArgs, build_training_data
 from .model_card import write_model_card
 
@@ -51,6 +51,8 @@ class CDDPMTrainConfig(DataArgs, TrainConfig):
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    prediction_type: str = "epsilon"
+    """What the U-Net predicts: epsilon (the paper), v_prediction or sample (x0)."""
     validation_sampler: str = "ddpm"
     """Sampler of the validation grid: ddpm (ancestral, robust also with fewer steps than T), ddim or dpm."""
     validation_inference_steps: int = 100
@@ -112,6 +114,7 @@ class CDDPMTask(TrainingTask):
             beta_schedule=config.beta_schedule,
             beta_start=config.beta_start,
             beta_end=config.beta_end,
+            prediction_type=config.prediction_type,
         )
         self._val_batch: tuple[torch.Tensor, Any] | None = None
 
@@ -140,7 +143,8 @@ class CDDPMTask(TrainingTask):
         t = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
         noisy = self.noise_scheduler.add_noise(clean, noise, t)
         pred = denoise(modules["unet"], noisy, cond, t)
-        return F.mse_loss(pred.float(), noise.float())
+        target = diffusion_target(self.noise_scheduler, self.config.prediction_type, clean, noise, t)
+        return F.mse_loss(pred.float(), target.float())
 
     def metadata(self) -> dict[str, Any]:
         d = self.degradation

@@ -110,6 +110,22 @@ def weight_dtype_for(accelerator: Any) -> torch.dtype:
     )
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def diffusion_target(
+    scheduler: Any, prediction_type: str, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the network learns to predict for ``prediction_type`` (as diffusers' schedulers read it)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, t)
+    if prediction_type == "sample":
+        return clean
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
 def check_output_dir(config: TrainConfig) -> Path:
     """Refuse to write over a finished model unless asked to."""
     out = Path(config.output_dir)

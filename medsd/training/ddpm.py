@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, parse_config
-from .core import TrainingTask, train
+from .core import TrainingTask, diffusion_target, train
 from .data_args import DataArgs, build_training_data
 from .model_card import write_model_card
 
@@ -86,16 +86,7 @@ class DDPMTask(TrainingTask):
         t = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
         noisy = self.noise_scheduler.add_noise(clean, noise, t)
         pred = modules["unet"](noisy, t).sample
-        if self.config.prediction_type == "epsilon":
-            target = noise
-        elif self.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(clean, noise, t)
-        elif self.config.prediction_type == "sample":
-            target = clean
-        else:
-            raise ValueError(
-                f"prediction_type must be epsilon, v_prediction or sample, got {self.config.prediction_type!r}"
-            )
+        target = diffusion_target(self.noise_scheduler, self.config.prediction_type, clean, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
     def pipeline(self, unet: nn.Module):
