@@ -7,19 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medsd.pipelines.random_sd import TINY_RESOLUTION, build_random_sd_pipeline, save_random_sd_pipeline
+from medsd.pipelines.random_sd import TINY_RESOLUTION, save_random_sd_pipeline
 
-__all__ = ["TINY_RESOLUTION", "build_tiny_sd_pipeline", "save_tiny_sd_pipeline"]
-
-
-def build_tiny_sd_pipeline(work_dir: str | Path, seed: int = 0):
-    """A randomly initialised tiny ``StableDiffusionPipeline`` (about 3 M parameters)."""
-    return build_random_sd_pipeline(work_dir, size="tiny", seed=seed)
-
-
-def save_tiny_sd_pipeline(folder: str | Path, seed: int = 0) -> Path:
-    """Build the tiny pipeline and ``save_pretrained`` it into ``folder`` (returned)."""
-    return save_random_sd_pipeline(folder, size="tiny", seed=seed)
+__all__ = ["TINY_RESOLUTION"]
 
 
 # -- pytest fixtures and helpers shared by test_sd_lora.py and test_med_pipeline.py ---------------------
@@ -77,7 +67,7 @@ _SESSION: dict = {}
 
 @pytest.fixture(scope="session")
 def tiny_sd_base(tmp_path_factory) -> Path:
-    return save_tiny_sd_pipeline(tmp_path_factory.getbasetemp() / "tiny_sd_base")
+    return save_random_sd_pipeline(tmp_path_factory.getbasetemp() / "tiny_sd_base", size="tiny")
 
 
 @pytest.fixture(scope="session")
