@@ -59,7 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - user-facing errors become one line; bugs keep their traceback
-        expected = (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError, KeyError)
+        from medsd.errors import MedsdError
+
+        expected = (
+            MedsdError,
+            ValueError,
+            FileNotFoundError,
+            FileExistsError,
+            ImportError,
+            OSError,
+            KeyError,
+        )
         if getattr(args, "debug", False) or not (
             isinstance(e, expected) or type(e).__name__ in ("NonFiniteLossError", "MissingWeightsError")
         ):

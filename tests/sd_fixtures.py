@@ -18,10 +18,9 @@ import pytest  # noqa: E402
 
 def reset_accelerate() -> None:
     """Forget accelerate's process-wide state so the next in-process run may use another precision."""
-    from accelerate.state import AcceleratorState, GradientState
+    from medsd.training.compat import reset_accelerate_state
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
 
 def quick_config(base: str | Path, output_dir: str | Path, **overrides):

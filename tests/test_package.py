@@ -71,6 +71,7 @@ LAYERS = {
     "data": 0,
     "models": 0,
     "utils": 0,
+    "errors": 0,
     "pipelines": 1,
     "metrics": 1,
     "training": 2,

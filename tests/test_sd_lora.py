@@ -496,3 +496,32 @@ def test_imagefolder_captions_train_and_hf_dataset_name(tiny_sd_base, tmp_path):
     hf_task = SDLoRATask(quick_config(tiny_sd_base, tmp_path / "hf", dataset_name=str(folder)))
     hf_prompts = sorted(hf_task.source[i]["prompt"] for i in range(len(hf_task.source)))
     assert hf_prompts == prompts
+
+
+# -- transformers/peft compatibility ------------------------------------------------------------------------
+def test_installed_transformers_and_peft_support_text_encoder_lora():
+    from medsd.training.compat import check_text_encoder_lora_support
+
+    check_text_encoder_lora_support()  # the tested set (constraints.txt) must pass
+
+
+def test_incompatible_peft_stops_at_startup_in_one_line(tiny_sd_base, tmp_path, monkeypatch, capsys):
+    """A transformers that wants a newer peft is refused before any model is loaded, naming both."""
+    from importlib import metadata
+
+    from packaging.version import Version
+
+    import medsd.training.compat as compat
+    from medsd.cli import main
+
+    monkeypatch.setattr(compat, "required_peft_version", lambda: Version("99.0"))
+    loaded = []
+    monkeypatch.setattr("transformers.CLIPTokenizer.from_pretrained", lambda *a, **k: loaded.append(a))
+    code = main(
+        ["train", "sd-lora", "--pretrained_model_name_or_path", str(tiny_sd_base), "--train_text_encoder"]
+        + ["--output_dir", str(tmp_path / "out"), "--report_to", "none"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not loaded and len(err.splitlines()) == 1, err
+    assert f"transformers {metadata.version('transformers')}" in err and "peft>=99.0" in err
+    assert f"peft {metadata.version('peft')} is installed" in err and "constraints.txt" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from medsd.errors import MedsdError
 
-class MedImageError(ValueError):
+
+class MedImageError(MedsdError, ValueError):
     """A bad input file, field or setting; the message is one line naming the culprit and what was expected."""

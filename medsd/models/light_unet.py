@@ -68,7 +68,6 @@ class _Level(nn.Module):
                 residual_connection=True,
                 bias=True,
                 upcast_softmax=True,
-                _from_deprecated_attn_block=True,
             )
             for _ in range(n_layers if attn else 0)
         )

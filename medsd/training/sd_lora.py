@@ -276,6 +276,10 @@ class SDLoRATask(TrainingTask):
 
         if config.train_text_encoder and config.cache_text_embeddings:
             raise ValueError("cache_text_embeddings cannot be combined with train_text_encoder")
+        if config.train_text_encoder:
+            from .compat import check_text_encoder_lora_support
+
+            check_text_encoder_lora_support()  # before any model is loaded
         if config.prediction_type not in (None, "epsilon", "v_prediction"):
             raise ValueError(
                 f"prediction_type must be epsilon or v_prediction, got {config.prediction_type!r}"
@@ -651,11 +655,23 @@ class SDLoRATask(TrainingTask):
         if unexpected:
             raise RuntimeError(f"{input_dir}: unexpected U-Net LoRA keys {unexpected[:5]}")
         if self.config.train_text_encoder:
-            from diffusers.training_utils import _set_state_dict_into_text_encoder
+            # Public conversions (diffusers format -> peft) in place of diffusers' private
+            # ``_set_state_dict_into_text_encoder``, which does the same.
+            from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
 
-            _set_state_dict_into_text_encoder(
-                state_dict, prefix="text_encoder.", text_encoder=self.text_encoder
+            te_sd = {
+                k[len("text_encoder.") :]: v for k, v in state_dict.items() if k.startswith("text_encoder.")
+            }
+            if not te_sd:
+                raise RuntimeError(f"{input_dir}: the checkpoint holds no text-encoder LoRA weights")
+            result = set_peft_model_state_dict(
+                self.text_encoder,
+                convert_state_dict_to_peft(convert_state_dict_to_diffusers(te_sd)),
+                adapter_name="default",
             )
+            unexpected = getattr(result, "unexpected_keys", None)
+            if unexpected:
+                raise RuntimeError(f"{input_dir}: unexpected text-encoder LoRA keys {unexpected[:5]}")
         trained = [self.unet] + ([self.text_encoder] if self.config.train_text_encoder else [])
         cast_training_params(trained, dtype=torch.float32)
 
