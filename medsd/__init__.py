@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # data
     "MedImageError": "medsd.data.errors",
+    "MedsdError": "medsd.errors",
+    "MedsdConfigError": "medsd.errors",
     "IntensityMapping": "medsd.data.intensity",
     "WindowMapping": "medsd.data.intensity",
     "MinMaxMapping": "medsd.data.intensity",

@@ -33,7 +33,7 @@ _EXPORTS = {
     "ct_phantom": "phantoms",
     "phantom_mask": "phantoms",
     "PhantomDataset": "phantoms",
-    "PromptTemplate": "datasets",
+    "PromptTemplate": "prompts",
     "patient_split": "datasets",
     "FolderImageDataset": "datasets",
     "CSVImageDataset": "datasets",

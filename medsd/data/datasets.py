@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import math
 import re
-import string
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,74 +27,10 @@ from torch.utils.data import Dataset, IterableDataset
 from .errors import MedImageError
 from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, WindowMapping
 from .io import IMAGE_EXTENSIONS, pil_to_array, read_image
+from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
 from .transforms import ImageTransform
 
 SPLITS = ("train", "val", "test")
-
-
-def _missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    return isinstance(v, str) and v.strip() == ""
-
-
-def normalize_label(label: Any) -> str | None:
-    """Lower-case a label for prompts: ``"No_Finding"`` -> ``"no finding"``, ``"A|B"`` -> ``"a, b"``."""
-    if _missing(label):
-        return None
-    parts = [p.strip().replace("_", " ").lower() for p in str(label).split("|")]
-    return ", ".join(p for p in parts if p) or None
-
-
-class PromptTemplate:
-    """Format prompts such as ``"a chest x-ray, {view} view, {label}"`` from labels and metadata fields.
-
-    The template is split at commas; a comma-separated part whose fields are missing (absent, None, empty,
-    NaN) is dropped, so ``format(label="Pneumonia")`` gives ``"a chest x-ray, pneumonia"``. Labels are
-    lower-cased (see ``normalize_label``); other fields are inserted as they are.
-    """
-
-    def __init__(self, template: str) -> None:
-        self.template = template
-        self.parts: list[tuple[str, list[str]]] = []
-        try:
-            for part in template.split(","):
-                names = [f for _, f, _, _ in string.Formatter().parse(part) if f is not None]
-                self.parts.append((part.strip(), names))
-        except ValueError as e:
-            raise MedImageError(f"prompt template {template!r}: {e}") from None
-        for _, names in self.parts:
-            for n in names:
-                if not n.isidentifier():
-                    raise MedImageError(
-                        f"prompt template {template!r}: expected {{name}} fields, got {{{n}}}"
-                    )
-
-    def format(self, label: Any = None, **fields: Any) -> str | None:
-        """The prompt, or None when every part was dropped."""
-        values = {k: v for k, v in fields.items() if not _missing(v)}
-        if not _missing(label):
-            values["label"] = normalize_label(label)
-        elif "label" in values:
-            values["label"] = normalize_label(values["label"])
-        out = []
-        for text, names in self.parts:
-            if all(n in values for n in names):
-                piece = text.format(**{n: values[n] for n in names}).strip()
-                if piece:
-                    out.append(piece)
-        return ", ".join(out) or None
-
-    __call__ = format
-
-    def __repr__(self) -> str:
-        return f"PromptTemplate({self.template!r})"
-
-
-def _as_template(t: str | PromptTemplate | None) -> PromptTemplate | None:
-    return PromptTemplate(t) if isinstance(t, str) else t
 
 
 def patient_split(

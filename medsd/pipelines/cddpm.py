@@ -11,18 +11,19 @@ sigma_t^2 = beta_t); DDIM or DPM-Solver++ are a ``sampler=`` away.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from medsd.data.degradations import COND_CHANNELS, TASKS, masked_condition, upsample
+from medsd.models.light_unet import LightUNet2DModel
 
-from .base import MedPipelineMixin, register_with_diffusers
+from .base import MedPipelineMixin
 from .ddpm import fast_scheduler
 from .output import postprocess
 
@@ -145,7 +146,7 @@ class MedCDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
         scheduler: the training ``DDPMScheduler`` (default sampler: full ancestral sampling); any diffusers
             scheduler built from its config works (see ``sampler=``).
 
-    ``medsd_metadata`` (saved as ``medsd.json``) holds ``task``, ``cond_channels``, ``factor`` and the
+    ``medsd_metadata`` (kept in the diffusers config, i.e. ``model_index.json``) holds ``task``, ``cond_channels``, ``factor`` and the
     ``degradation`` settings; without it the task is inferred from the U-Net (2 condition channels =
     inpainting).
     """
@@ -153,11 +154,16 @@ class MedCDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     _call_example = "image=degraded_images, num_samples=4"
 
-    def __init__(self, unet: Any, scheduler: Any):
+    def __init__(
+        self,
+        unet: Union[LightUNet2DModel, UNet2DModel],  # noqa: UP007 - diffusers' from_pipe reads typing.Union
+        scheduler: SchedulerMixin,
+        intensity_mapping: Any = None,
+        medsd_metadata: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.intensity_mapping = None
-        self.medsd_metadata = {}
+        self.register_medsd_state(intensity_mapping, medsd_metadata)
 
     @property
     def task(self) -> str | None:
@@ -296,8 +302,6 @@ class MedCDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
             return (images, mean, std)
         return MedCDDPMPipelineOutput(images=images, mean=mean, std=std, condition=cond)
 
-
-register_with_diffusers(MedCDDPMPipeline)
 
 __all__ = [
     "MedCDDPMPipeline",
