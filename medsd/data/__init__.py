@@ -37,12 +37,12 @@ _EXPORTS = {
     "patient_split": "datasets",
     "FolderImageDataset": "datasets",
     "CSVImageDataset": "datasets",
-    "HFImageDataset": "datasets",
-    "HFStreamingImageDataset": "datasets",
-    "DataConfig": "datasets",
-    "build_dataset": "datasets",
-    "collate_items": "datasets",
-    "UInt8ImageCache": "datasets",
+    "HFImageDataset": "hf_datasets",
+    "HFStreamingImageDataset": "hf_datasets",
+    "DataConfig": "build",
+    "build_dataset": "build",
+    "collate_items": "cache",
+    "UInt8ImageCache": "cache",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, SchedulerMixin, UNet2DModel
 
 from medsd.data.intensity import IntensityMapping, mapping_from_dict
+from medsd.models.light_unet import LightUNet2DModel
 
 SHIM_MODULE = "pipeline_medsd"
 LEGACY_INTENSITY_FILE = "intensity_mapping.json"  # folders saved by medsd <= 0.3 (read, never written)
@@ -37,7 +38,7 @@ LEGACY_METADATA_FILE = "medsd.json"
 
 _SHIM = '''"""Inference script for a medsd pipeline (loaded by diffusers' DiffusionPipeline.from_pretrained).
 
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline, SchedulerMixin, UNet2DModel
     pipe = DiffusionPipeline.from_pretrained("{{this folder or hub id}}", trust_remote_code=True)
     images = pipe({call_example}).images
 
@@ -131,6 +132,23 @@ class MedPipelineMixin:
         return pipe
 
 
+class MedUNetPipeline(MedPipelineMixin, DiffusionPipeline):
+    """Base of the 1-channel U-Net pipelines (DDPM, cDDPM): a U-Net, a scheduler and the medsd state."""
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(
+        self,
+        unet: Union[LightUNet2DModel, UNet2DModel],  # noqa: UP007 - diffusers' from_pipe reads typing.Union
+        scheduler: SchedulerMixin,
+        intensity_mapping: Any = None,
+        medsd_metadata: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_medsd_state(intensity_mapping, medsd_metadata)
+
+
 def _is_own_shim(folder: Path, klass: type) -> bool:
     index_path, shim = folder / "model_index.json", folder / f"{SHIM_MODULE}.py"
     if not (index_path.is_file() and shim.is_file()):
@@ -148,4 +166,4 @@ def _read_legacy_side_files(pipe: Any, folder: Path) -> None:
         pipe.medsd_metadata = json.loads((folder / LEGACY_METADATA_FILE).read_text())
 
 
-__all__ = ["MedPipelineMixin", "DiffusionPipeline", "mapping_to_config", "shim_text"]
+__all__ = ["MedPipelineMixin", "MedUNetPipeline", "DiffusionPipeline", "mapping_to_config", "shim_text"]

@@ -11,19 +11,18 @@ sigma_t^2 = beta_t); DDIM or DPM-Solver++ are a ``sampler=`` away.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from medsd.data.degradations import COND_CHANNELS, TASKS, masked_condition, upsample
-from medsd.models.light_unet import LightUNet2DModel
 
-from .base import MedPipelineMixin
+from .base import MedUNetPipeline
 from .ddpm import fast_scheduler
 from .output import postprocess
 
@@ -137,7 +136,7 @@ def sample_statistics(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return mean, std
 
 
-class MedCDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
+class MedCDDPMPipeline(MedUNetPipeline):
     """Restore 1-channel medical images with an image-conditioned DDPM (Med-cDiff).
 
     Args:
@@ -151,19 +150,7 @@ class MedCDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
     inpainting).
     """
 
-    model_cpu_offload_seq = "unet"
     _call_example = "image=degraded_images, num_samples=4"
-
-    def __init__(
-        self,
-        unet: Union[LightUNet2DModel, UNet2DModel],  # noqa: UP007 - diffusers' from_pipe reads typing.Union
-        scheduler: SchedulerMixin,
-        intensity_mapping: Any = None,
-        medsd_metadata: dict[str, Any] | None = None,
-    ):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_medsd_state(intensity_mapping, medsd_metadata)
 
     @property
     def task(self) -> str | None:

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import (
     DDPMScheduler,
-    DiffusionPipeline,
     DPMSolverMultistepScheduler,
-    SchedulerMixin,
     UNet2DModel,
 )
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from medsd.models.light_unet import LightUNet2DModel
-
-from .base import MedPipelineMixin
+from .base import MedUNetPipeline
 from .output import postprocess
 
 DEFAULT_FAST_STEPS = 25
@@ -64,7 +60,7 @@ def fast_scheduler(train_scheduler_config: Any) -> DPMSolverMultistepScheduler:
     )
 
 
-class MedDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
+class MedDDPMPipeline(MedUNetPipeline):
     """Generate 1-channel medical images with an unconditional denoising U-Net.
 
     Args:
@@ -78,22 +74,7 @@ class MedDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
     ``diffusers.DDPMPipeline.from_pretrained(folder)`` opens it without medsd.
     """
 
-    model_cpu_offload_seq = "unet"
-
-    def __init__(
-        self,
-        unet: Union[LightUNet2DModel, UNet2DModel],  # noqa: UP007 - diffusers' from_pipe reads typing.Union
-        scheduler: SchedulerMixin,
-        intensity_mapping: Any = None,
-        medsd_metadata: dict[str, Any] | None = None,
-    ):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_medsd_state(intensity_mapping, medsd_metadata)
-
     def _saved_class_name(self) -> str | list[str]:
-        from diffusers import UNet2DModel
-
         if type(self) is MedDDPMPipeline and type(self.unet) is UNet2DModel:
             return "DDPMPipeline"
         return super()._saved_class_name()
