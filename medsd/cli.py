@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from medsd.errors import MedsdError
+
 # Each module in medsd/commands registers its sub-command(s); imports inside them are deferred.
 COMMAND_MODULES = [
     "quickstart",
@@ -59,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - user-facing errors become one line; bugs keep their traceback
-        from medsd.errors import MedsdError
-
+        # MedsdError is medsd's own; the built-in ones are what bad paths and arguments raise in libraries
         expected = (
             MedsdError,
             ValueError,
@@ -70,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             OSError,
             KeyError,
         )
-        if getattr(args, "debug", False) or not (
-            isinstance(e, expected) or type(e).__name__ in ("NonFiniteLossError", "MissingWeightsError")
-        ):
+        if getattr(args, "debug", False) or not isinstance(e, expected):
             raise
         print(f"medsd {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -8,3 +8,7 @@ class MedsdError(Exception):
 
     The message is one line that names the culprit, what was expected and, where there is one, the fix.
     """
+
+
+class MedsdConfigError(MedsdError, ValueError):
+    """A bad argument, setting or model folder (also a ``ValueError``)."""

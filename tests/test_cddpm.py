@@ -187,7 +187,7 @@ def test_save_load_round_trip_gives_identical_output(tmp_path):
 
     ref = run(pipe)
     pipe.save_pretrained(tmp_path / "m")
-    meta = json.loads((tmp_path / "m" / "medsd.json").read_text())
+    meta = json.loads((tmp_path / "m" / "model_index.json").read_text())["medsd_metadata"]
     assert meta["task"] == "inpaint" and meta["cond_channels"] == 2
     loaded = MedCDDPMPipeline.from_pretrained(tmp_path / "m")
     loaded.set_progress_bar_config(disable=True)

@@ -50,7 +50,7 @@ def test_task_trains_saves_and_samples(tmp_path, task):
     out = result.output_dir
     assert result.global_step == 4
     assert all(math.isfinite(loss) for _, loss in result.loss_history)
-    meta = json.loads((out / "medsd.json").read_text())
+    meta = json.loads((out / "model_index.json").read_text())["medsd_metadata"]
     assert meta["task"] == task and meta["family"] == "cddpm"
     assert meta["train_scheduler"]["num_train_timesteps"] == 100
     # validation grid: rows condition | sample | target, one column per validation image

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsd.data.datasets import (
+from medsd.data import (
     CSVImageDataset,
     DataConfig,
     FolderImageDataset,

@@ -200,3 +200,12 @@ def test_config_yaml_and_flags(tmp_path):
         config_from_dict(TrainConfig, {"max_train_stepz": 3})
     with pytest.raises(ValueError, match="max_train_steps"):
         config_from_dict(TrainConfig, {"max_train_steps": "many"})
+
+
+def test_scale_lr_leaves_the_config_and_the_saved_yaml_unchanged(tmp_path):
+    cfg = _config(tmp_path, max_train_steps=2, checkpointing_steps=0, scale_lr=True)
+    result = train(RegressionTask(), cfg)
+    assert cfg.learning_rate == 1e-2
+    assert load_yaml(result.output_dir / "training_config.yaml")["learning_rate"] == 1e-2
+    summary = json.loads((result.output_dir / "train_summary.json").read_text())
+    assert summary["learning_rate"] == pytest.approx(1e-2 * 4)  # x batch 4, 1 process, no accumulation

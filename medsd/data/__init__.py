@@ -33,16 +33,16 @@ _EXPORTS = {
     "ct_phantom": "phantoms",
     "phantom_mask": "phantoms",
     "PhantomDataset": "phantoms",
-    "PromptTemplate": "datasets",
+    "PromptTemplate": "prompts",
     "patient_split": "datasets",
     "FolderImageDataset": "datasets",
     "CSVImageDataset": "datasets",
-    "HFImageDataset": "datasets",
-    "HFStreamingImageDataset": "datasets",
-    "DataConfig": "datasets",
-    "build_dataset": "datasets",
-    "collate_items": "datasets",
-    "UInt8ImageCache": "datasets",
+    "HFImageDataset": "hf_datasets",
+    "HFStreamingImageDataset": "hf_datasets",
+    "DataConfig": "build",
+    "build_dataset": "build",
+    "collate_items": "cache",
+    "UInt8ImageCache": "cache",
 }
 
 __all__ = sorted(_EXPORTS)

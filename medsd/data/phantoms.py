@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import MedImageError
+from .prompts import PromptTemplate
 
 _KINDS = ("chest", "ct")
 _ZONES = ("upper", "middle", "lower")
@@ -284,8 +285,6 @@ class PhantomDataset(Dataset):
         prompt_template: str | None = None,
         transform: Callable[..., torch.Tensor] | None = None,
     ) -> None:
-        from .datasets import PromptTemplate
-
         if kind not in _KINDS:
             raise MedImageError(f"PhantomDataset kind: expected one of {_KINDS}, got {kind!r}")
         if not 0.0 <= finding_probability <= 1.0:

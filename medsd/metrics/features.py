@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medsd.errors import MedsdError
+
 INCEPTION_ENV = "MEDSD_INCEPTION_WEIGHTS"
 CLIP_ENV = "MEDSD_CLIP_CHECKPOINT"
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(MedsdError, RuntimeError):
     """A feature extractor or metric needs pretrained weights that are not available offline."""
 
 

@@ -16,20 +16,21 @@ from typing import Any
 
 import torch
 
-from .lora_io import (
-    LORA_WEIGHTS_FILE,
-    intensity_mapping_of,
-    load_base_pipeline,
-    load_lora_pipeline,
-    read_lora_info,
-)
+from medsd.errors import MedsdConfigError
+
+from .lora_io import LORA_WEIGHTS_FILE, intensity_mapping_of, load_lora_pipeline, read_lora_info
 from .output import resolve_local_dir
 
+# model_index.json class name -> (module, medsd class); "DDPMPipeline" folders are medsd DDPMs on a diffusers
+# UNet2DModel (stock diffusers opens them too).
 MEDSD_PIPELINES = {
-    "MedDDPMPipeline": "medsd.pipelines.ddpm",
-    "MedCDDPMPipeline": "medsd.pipelines.cddpm",
+    "MedDDPMPipeline": ("medsd.pipelines.ddpm", "MedDDPMPipeline"),
+    "DDPMPipeline": ("medsd.pipelines.ddpm", "MedDDPMPipeline"),
+    "MedCDDPMPipeline": ("medsd.pipelines.cddpm", "MedCDDPMPipeline"),
+    "StableDiffusionPipeline": ("medsd.pipelines.text2xray", "TextToXRayPipeline"),
+    "TextToXRayPipeline": ("medsd.pipelines.text2xray", "TextToXRayPipeline"),
 }
-SD_PIPELINES = ("StableDiffusionPipeline",)
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 
 
 def _class_name(index: dict[str, Any]) -> str | None:
@@ -37,6 +38,11 @@ def _class_name(index: dict[str, Any]) -> str | None:
     if isinstance(name, list | tuple):
         return name[1] if len(name) > 1 else None
     return name
+
+
+def _pipeline_class(name: str | None) -> type | None:
+    spec = MEDSD_PIPELINES.get(name or "")
+    return getattr(importlib.import_module(spec[0]), spec[1]) if spec else None
 
 
 class MedPipeline:
@@ -64,51 +70,48 @@ class MedPipeline:
             lora_scale: LoRA strength (0 = base model, 1 = as trained).
             base_model: base Stable Diffusion model for a LoRA folder (default: the one in medsd_lora.json).
             fuse_lora: fuse the LoRA into the weights (slightly faster; lora_scale is then fixed).
-            kwargs: ``revision`` / ``token`` / ``cache_dir`` for the Hub; ``variant`` for the base model.
+            kwargs: ``revision`` / ``token`` / ``cache_dir`` for the Hub; every other diffusers
+                ``from_pretrained`` argument (``variant``, ``use_safetensors``, ``low_cpu_mem_usage``, ...)
+                passes through (for a LoRA folder, to the base model; ``base_revision`` is its revision).
         """
-        hub_kwargs = {
-            k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs
-        }
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         folder = resolve_local_dir(path_or_id, **hub_kwargs)
+        if torch_dtype is not None:
+            kwargs["torch_dtype"] = torch_dtype
         index_path = folder / "model_index.json"
         if index_path.is_file():
-            with open(index_path) as f:
-                index = json.load(f)
-            name = _class_name(index)
-            if name in MEDSD_PIPELINES:
-                module = importlib.import_module(MEDSD_PIPELINES[name])
-                pipe = getattr(module, name).from_pretrained(folder, torch_dtype=torch_dtype, **kwargs)
-                return pipe.to(device) if device is not None else pipe
-            if name in SD_PIPELINES or "unet" in index and "text_encoder" in index:
-                info = read_lora_info(folder) or {}
-                pipe = load_base_pipeline(
-                    folder, torch_dtype=torch_dtype, variant=kwargs.pop("variant", None)
-                )
-                return cls._wrap(pipe, folder, info, 1.0, device)
-            raise ValueError(f"{folder}: unsupported pipeline class {name!r} in model_index.json")
-        if (folder / LORA_WEIGHTS_FILE).is_file():
-            pipe, info = load_lora_pipeline(
-                folder,
-                base_model=base_model,
-                torch_dtype=torch_dtype,
-                revision=kwargs.pop("base_revision", None),
-                variant=kwargs.pop("variant", None),
-            )
+            pipe = cls._load_pipeline_folder(folder, json.loads(index_path.read_text()), kwargs)
+        elif (folder / LORA_WEIGHTS_FILE).is_file():
+            kwargs["revision"] = kwargs.pop("base_revision", None)
+            pipe, _ = load_lora_pipeline(folder, base_model=base_model, lora_scale=lora_scale, **kwargs)
             if fuse_lora:
                 pipe.fuse_lora(lora_scale=lora_scale)
                 pipe.unload_lora_weights()
-                lora_scale = 1.0
-            return cls._wrap(pipe, folder, info, lora_scale, device)
-        raise FileNotFoundError(
-            f"{folder} is not a medsd model: expected model_index.json (a pipeline) or {LORA_WEIGHTS_FILE} (a LoRA)"
-        )
+                pipe.lora_scale = 1.0
+        else:
+            raise FileNotFoundError(
+                f"{folder} is not a medsd model: expected model_index.json (a pipeline) or {LORA_WEIGHTS_FILE} (a LoRA)"
+            )
+        return pipe.to(device) if device is not None else pipe
 
     @staticmethod
-    def _wrap(pipe: Any, folder: Path, info: dict[str, Any], lora_scale: float, device: Any) -> Any:
-        from .text2xray import TextToXRayPipeline
-
-        wrapped = TextToXRayPipeline(pipe, intensity_mapping_of(folder, info), info, lora_scale=lora_scale)
-        return wrapped.to(device) if device is not None else wrapped
+    def _load_pipeline_folder(folder: Path, index: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+        name = _class_name(index)
+        if name is None and "unet" in index and "text_encoder" in index:
+            name = "StableDiffusionPipeline"
+        klass = _pipeline_class(name)
+        if klass is None:
+            raise MedsdConfigError(f"{folder}: unsupported pipeline class {name!r} in model_index.json")
+        if klass.__name__ == "TextToXRayPipeline":
+            kwargs.setdefault("safety_checker", None)
+            if not index.get("medsd_metadata"):  # a plain SD folder, or one merged by medsd <= 0.3
+                info = read_lora_info(folder) or {}
+                kwargs.setdefault("medsd_metadata", info)
+                kwargs.setdefault("intensity_mapping", intensity_mapping_of(folder, info))
+        pipe = klass.from_pretrained(folder, **kwargs)
+        if klass.__name__ == "TextToXRayPipeline":
+            pipe.set_progress_bar_config(disable=True)
+        return pipe
 
 
 __all__ = ["MedPipeline"]

@@ -1,34 +1,44 @@
-"""Saving and loading medsd pipelines so that both medsd and plain diffusers can open them.
+"""What every medsd pipeline adds to a diffusers ``DiffusionPipeline``: its state lives in the diffusers config.
 
-A saved medsd pipeline folder holds, beside diffusers' usual ``model_index.json`` and component folders:
+A medsd pipeline takes two optional ``__init__`` arguments that it registers with ``register_to_config``:
 
-- ``pipeline_medsd.py``: a two-line inference script that imports the pipeline class from medsd, named in
-  ``model_index.json`` as ``"_class_name": ["pipeline_medsd", "MedDDPMPipeline"]``. This is diffusers'
-  own mechanism for pipelines that are not part of diffusers, so
-  ``diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` works without medsd code;
-- ``intensity_mapping.json``: how [-1, 1] maps back to original units (HU, 16-bit levels);
-- ``medsd.json``: medsd metadata (task, sampler defaults, training data description).
+- ``intensity_mapping``: how [-1, 1] maps back to original units (HU, 16-bit levels), as a
+  ``mapping.to_dict()`` dict;
+- ``medsd_metadata``: task, sampler defaults, training data description.
+
+Both are therefore written to ``model_index.json`` by diffusers' own ``save_pretrained`` and handed back to
+``__init__`` by diffusers' own ``from_pretrained``, ``from_pipe`` and ``components``: a folder loaded with plain
+``diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` and saved again keeps them.
+
+How a folder names its class:
+
+- a pipeline stock diffusers can run (:class:`MedDDPMPipeline` on a diffusers ``UNet2DModel``) is saved as
+  ``"_class_name": "DDPMPipeline"``: ``diffusers.DDPMPipeline.from_pretrained(folder)`` opens it without medsd
+  (the extra config keys are ignored), and medsd opens it as a ``MedDDPMPipeline`` with its extras;
+- every other medsd pipeline is saved as ``"_class_name": ["pipeline_medsd", "<class>"]`` beside a two-line
+  ``pipeline_medsd.py`` that imports the class from medsd: diffusers' own mechanism for pipelines that are not
+  part of diffusers (``trust_remote_code=True``).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Union
 
-import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, SchedulerMixin, UNet2DModel
 
-from .output import load_intensity_mapping, resolve_local_dir, save_intensity_mapping
+from medsd.data.intensity import IntensityMapping, mapping_from_dict
+from medsd.models.light_unet import LightUNet2DModel
 
 SHIM_MODULE = "pipeline_medsd"
-METADATA_FILE = "medsd.json"
+LEGACY_INTENSITY_FILE = "intensity_mapping.json"  # folders saved by medsd <= 0.3 (read, never written)
+LEGACY_METADATA_FILE = "medsd.json"
 
 _SHIM = '''"""Inference script for a medsd pipeline (loaded by diffusers' DiffusionPipeline.from_pretrained).
 
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline, SchedulerMixin, UNet2DModel
     pipe = DiffusionPipeline.from_pretrained("{{this folder or hub id}}", trust_remote_code=True)
     images = pipe({call_example}).images
 
@@ -40,82 +50,120 @@ from medsd.pipelines.{module} import {class_name}  # noqa: F401
 '''
 
 
-class MedPipelineMixin:
-    """Adds intensity mapping, medsd metadata and diffusers-compatible save/load to a DiffusionPipeline."""
+def mapping_to_config(mapping: IntensityMapping | dict | None) -> dict | None:
+    """The JSON form of an intensity mapping as kept in a pipeline config (None stays None)."""
+    if mapping is None or isinstance(mapping, dict):
+        return dict(mapping) if mapping else None
+    return mapping.to_dict()
 
-    intensity_mapping: Any = None
-    medsd_metadata: dict[str, Any]
-    _call_example = "batch_size=4"
+
+def shim_text(pipeline_class: type) -> str:
+    """The ``pipeline_medsd.py`` medsd writes for ``pipeline_class`` (also used to recognise its own shim)."""
+    module = pipeline_class.__module__.rsplit(".", 1)[-1]
+    example = getattr(pipeline_class, "_call_example", "batch_size=4")
+    return _SHIM.format(module=module, class_name=pipeline_class.__name__, call_example=example)
+
+
+class MedPipelineMixin:
+    """Intensity mapping and medsd metadata kept in the diffusers config of a ``DiffusionPipeline``.
+
+    Subclasses call :meth:`register_medsd_state` in ``__init__`` with their two optional arguments.
+    """
+
+    _call_example: ClassVar[str] = "batch_size=4"
+
+    def register_medsd_state(self, intensity_mapping: Any = None, medsd_metadata: dict | None = None) -> None:
+        self.register_to_config(  # type: ignore[attr-defined]
+            intensity_mapping=mapping_to_config(intensity_mapping), medsd_metadata=dict(medsd_metadata or {})
+        )
+
+    @property
+    def intensity_mapping(self) -> IntensityMapping | None:
+        """The mapping of the training data (``output_type="native"``), rebuilt from the config."""
+        d = self.config.get("intensity_mapping")  # type: ignore[attr-defined]
+        return mapping_from_dict(d) if d else None
+
+    @intensity_mapping.setter
+    def intensity_mapping(self, mapping: IntensityMapping | dict | None) -> None:
+        self.register_to_config(intensity_mapping=mapping_to_config(mapping))  # type: ignore[attr-defined]
+
+    @property
+    def medsd_metadata(self) -> dict[str, Any]:
+        """medsd metadata (task, sampler defaults, data); a copy: assign a new dict to change it."""
+        return dict(self.config.get("medsd_metadata") or {})  # type: ignore[attr-defined]
+
+    @medsd_metadata.setter
+    def medsd_metadata(self, metadata: dict[str, Any] | None) -> None:
+        self.register_to_config(medsd_metadata=dict(metadata or {}))  # type: ignore[attr-defined]
+
+    def _saved_class_name(self) -> str | list[str]:
+        """What ``model_index.json`` names: a stock diffusers class when it can run the folder, else the shim."""
+        return [SHIM_MODULE, type(self).__name__]
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``, with the class named so that diffusers (and medsd) reopen it."""
         super().save_pretrained(save_directory, **kwargs)  # type: ignore[misc]
         directory = Path(save_directory)
         index_path = directory / "model_index.json"
-        with open(index_path) as f:
-            index = json.load(f)
-        index["_class_name"] = [SHIM_MODULE, type(self).__name__]
-        with open(index_path, "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-        module = type(self).__module__.rsplit(".", 1)[-1]
-        (directory / f"{SHIM_MODULE}.py").write_text(
-            _SHIM.format(module=module, class_name=type(self).__name__, call_example=self._call_example)
-        )
-        save_intensity_mapping(self.intensity_mapping, directory)
-        with open(directory / METADATA_FILE, "w") as f:
-            json.dump(getattr(self, "medsd_metadata", {}) or {}, f, indent=1)
+        index = json.loads(index_path.read_text())
+        index["_class_name"] = self._saved_class_name()
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        shim = directory / f"{SHIM_MODULE}.py"
+        if isinstance(index["_class_name"], list):
+            shim.write_text(shim_text(type(self)))
+        elif shim.is_file():
+            shim.unlink()
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        torch_dtype: torch.dtype | None = None,
-        **kwargs: Any,
-    ):
-        """Load from a local folder or a Hub id; components are built by their own ``from_pretrained``."""
-        hub_kwargs = {
-            k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs
-        }
-        directory = resolve_local_dir(pretrained_model_name_or_path, **hub_kwargs)
-        index_path = directory / "model_index.json"
-        if not index_path.is_file():
-            raise FileNotFoundError(f"{directory} has no model_index.json: not a saved pipeline folder")
-        with open(index_path) as f:
-            index = json.load(f)
-        class_name = index.get("_class_name")
-        class_name = class_name[1] if isinstance(class_name, list) else class_name
-        if class_name != cls.__name__:
-            raise ValueError(f"{directory} holds a {class_name}, not a {cls.__name__}")
-        components = {}
-        for name, spec in index.items():
-            if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
-                continue
-            if name in kwargs:
-                components[name] = kwargs.pop(name)
-                continue
-            library, component_cls = spec
-            component_type = getattr(importlib.import_module(library), component_cls)
-            load_kwargs = {}
-            if (
-                torch_dtype is not None
-                and isinstance(component_type, type)
-                and issubclass(component_type, torch.nn.Module)
-            ):
-                load_kwargs["torch_dtype"] = torch_dtype
-            components[name] = component_type.from_pretrained(directory / name, **load_kwargs)
-        pipe = cls(**components, **kwargs)
-        pipe.intensity_mapping = load_intensity_mapping(directory)
-        meta_path = directory / METADATA_FILE
-        pipe.medsd_metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """diffusers' ``from_pretrained`` (every argument of it works: ``torch_dtype``, ``variant``,
+        ``use_safetensors``, ``low_cpu_mem_usage``, ``device_map``, ...).
+
+        medsd's own ``pipeline_medsd.py`` (checked to be exactly the two import lines medsd writes) is trusted
+        without ``trust_remote_code``; any other custom code still needs it. Folders saved by medsd <= 0.3
+        (``intensity_mapping.json`` / ``medsd.json`` side files) are read too.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir() and "trust_remote_code" not in kwargs:
+            kwargs["trust_remote_code"] = _is_own_shim(folder, cls)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)  # type: ignore[misc]
+        if folder.is_dir():
+            _read_legacy_side_files(pipe, folder)
         return pipe
 
 
-def register_with_diffusers(*classes: type) -> None:
-    """Make ``getattr(diffusers, name)`` find medsd pipelines, for diffusers code that looks them up by name."""
-    import diffusers
+class MedUNetPipeline(MedPipelineMixin, DiffusionPipeline):
+    """Base of the 1-channel U-Net pipelines (DDPM, cDDPM): a U-Net, a scheduler and the medsd state."""
 
-    for klass in classes:
-        if not hasattr(diffusers, klass.__name__):
-            setattr(diffusers, klass.__name__, klass)
+    model_cpu_offload_seq = "unet"
+
+    def __init__(
+        self,
+        unet: Union[LightUNet2DModel, UNet2DModel],  # noqa: UP007 - diffusers' from_pipe reads typing.Union
+        scheduler: SchedulerMixin,
+        intensity_mapping: Any = None,
+        medsd_metadata: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_medsd_state(intensity_mapping, medsd_metadata)
 
 
-__all__ = ["MedPipelineMixin", "DiffusionPipeline", "register_with_diffusers"]
+def _is_own_shim(folder: Path, klass: type) -> bool:
+    index_path, shim = folder / "model_index.json", folder / f"{SHIM_MODULE}.py"
+    if not (index_path.is_file() and shim.is_file()):
+        return False
+    name = json.loads(index_path.read_text()).get("_class_name")
+    if name != [SHIM_MODULE, klass.__name__]:
+        return False
+    return shim.read_text() == shim_text(klass)
+
+
+def _read_legacy_side_files(pipe: Any, folder: Path) -> None:
+    if pipe.config.get("intensity_mapping") is None and (folder / LEGACY_INTENSITY_FILE).is_file():
+        pipe.intensity_mapping = json.loads((folder / LEGACY_INTENSITY_FILE).read_text())
+    if not pipe.config.get("medsd_metadata") and (folder / LEGACY_METADATA_FILE).is_file():
+        pipe.medsd_metadata = json.loads((folder / LEGACY_METADATA_FILE).read_text())
+
+
+__all__ = ["MedPipelineMixin", "MedUNetPipeline", "DiffusionPipeline", "mapping_to_config", "shim_text"]

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
+from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from medsd.data.degradations import COND_CHANNELS, TASKS, masked_condition, upsample
 
-from .base import MedPipelineMixin, register_with_diffusers
+from .base import MedUNetPipeline
 from .ddpm import fast_scheduler
 from .output import postprocess
 
@@ -136,7 +136,7 @@ def sample_statistics(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return mean, std
 
 
-class MedCDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
+class MedCDDPMPipeline(MedUNetPipeline):
     """Restore 1-channel medical images with an image-conditioned DDPM (Med-cDiff).
 
     Args:
@@ -145,19 +145,12 @@ class MedCDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
         scheduler: the training ``DDPMScheduler`` (default sampler: full ancestral sampling); any diffusers
             scheduler built from its config works (see ``sampler=``).
 
-    ``medsd_metadata`` (saved as ``medsd.json``) holds ``task``, ``cond_channels``, ``factor`` and the
+    ``medsd_metadata`` (kept in the diffusers config, i.e. ``model_index.json``) holds ``task``, ``cond_channels``, ``factor`` and the
     ``degradation`` settings; without it the task is inferred from the U-Net (2 condition channels =
     inpainting).
     """
 
-    model_cpu_offload_seq = "unet"
     _call_example = "image=degraded_images, num_samples=4"
-
-    def __init__(self, unet: Any, scheduler: Any):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.intensity_mapping = None
-        self.medsd_metadata = {}
 
     @property
     def task(self) -> str | None:
@@ -296,8 +289,6 @@ class MedCDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
             return (images, mean, std)
         return MedCDDPMPipelineOutput(images=images, mean=mean, std=std, condition=cond)
 
-
-register_with_diffusers(MedCDDPMPipeline)
 
 __all__ = [
     "MedCDDPMPipeline",

@@ -9,11 +9,15 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers import (
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DModel,
+)
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .base import MedPipelineMixin, register_with_diffusers
+from .base import MedUNetPipeline
 from .output import postprocess
 
 DEFAULT_FAST_STEPS = 25
@@ -56,22 +60,24 @@ def fast_scheduler(train_scheduler_config: Any) -> DPMSolverMultistepScheduler:
     )
 
 
-class MedDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
+class MedDDPMPipeline(MedUNetPipeline):
     """Generate 1-channel medical images with an unconditional denoising U-Net.
 
     Args:
         unet: ``LightUNet2DModel`` or diffusers ``UNet2DModel`` predicting noise (or v / x0 as its
             scheduler's ``prediction_type`` says).
         scheduler: any diffusers scheduler; medsd saves :func:`fast_scheduler` as the default.
+        intensity_mapping: the training data's mapping (an ``IntensityMapping`` or its ``to_dict()``).
+        medsd_metadata: medsd metadata (family, training scheduler, data).
+
+    A folder whose U-Net is a diffusers ``UNet2DModel`` is saved as a stock ``DDPMPipeline`` folder:
+    ``diffusers.DDPMPipeline.from_pretrained(folder)`` opens it without medsd.
     """
 
-    model_cpu_offload_seq = "unet"
-
-    def __init__(self, unet: Any, scheduler: Any):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.intensity_mapping = None
-        self.medsd_metadata = {}
+    def _saved_class_name(self) -> str | list[str]:
+        if type(self) is MedDDPMPipeline and type(self.unet) is UNet2DModel:
+            return "DDPMPipeline"
+        return super()._saved_class_name()
 
     @torch.no_grad()
     def __call__(
@@ -114,6 +120,3 @@ class MedDDPMPipeline(MedPipelineMixin, DiffusionPipeline):
         if not return_dict:
             return (images,)
         return MedImagePipelineOutput(images=images)
-
-
-register_with_diffusers(MedDDPMPipeline)

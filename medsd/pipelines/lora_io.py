@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
+from medsd.data.intensity import mapping_from_dict
+from medsd.errors import MedsdConfigError
 
-from .output import INTENSITY_FILE, load_intensity_mapping, resolve_local_dir
+INTENSITY_FILE = "intensity_mapping.json"
 
 LORA_INFO_FILE = "medsd_lora.json"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
@@ -35,32 +36,24 @@ def is_lora_folder(folder: str | os.PathLike) -> bool:
 
 
 def intensity_mapping_of(folder: str | os.PathLike, info: dict[str, Any] | None = None) -> Any:
-    """The intensity mapping saved in a folder (``intensity_mapping.json`` or ``medsd_lora.json``)."""
-    mapping = load_intensity_mapping(folder)
-    if mapping is None and info and info.get("intensity_mapping"):
-        from medsd.data.intensity import mapping_from_dict
-
-        mapping = mapping_from_dict(info["intensity_mapping"])
-    return mapping
+    """The intensity mapping of a LoRA folder (``medsd_lora.json``, else an ``intensity_mapping.json``), or None."""
+    if info and info.get("intensity_mapping"):
+        return mapping_from_dict(info["intensity_mapping"])
+    path = Path(folder) / INTENSITY_FILE
+    return mapping_from_dict(json.loads(path.read_text())) if path.is_file() else None
 
 
 def load_base_pipeline(
-    base_model: str | os.PathLike,
-    torch_dtype: torch.dtype | None = None,
-    revision: str | None = None,
-    variant: str | None = None,
+    base_model: str | os.PathLike, pipeline_class: type | None = None, **kwargs: Any
 ) -> Any:
-    """A ``StableDiffusionPipeline`` without safety checker (these are synthetic radiographs)."""
-    from diffusers import StableDiffusionPipeline
-
-    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
-    if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
-    if revision is not None:
-        kwargs["revision"] = revision
-    if variant is not None:
-        kwargs["variant"] = variant
-    pipe = StableDiffusionPipeline.from_pretrained(str(base_model), **kwargs)
+    """``pipeline_class.from_pretrained(base_model, **kwargs)`` (default: ``TextToXRayPipeline``) without
+    safety checker (these are synthetic radiographs); every diffusers loading argument passes through."""
+    if pipeline_class is None:
+        from .text2xray import TextToXRayPipeline as pipeline_class
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs.setdefault("safety_checker", None)
+    kwargs.setdefault("requires_safety_checker", False)
+    pipe = pipeline_class.from_pretrained(str(base_model), **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -68,25 +61,31 @@ def load_base_pipeline(
 def load_lora_pipeline(
     lora_dir: str | os.PathLike,
     base_model: str | os.PathLike | None = None,
-    torch_dtype: torch.dtype | None = None,
-    revision: str | None = None,
-    variant: str | None = None,
+    pipeline_class: type | None = None,
+    **kwargs: Any,
 ) -> tuple[Any, dict[str, Any]]:
-    """(base ``StableDiffusionPipeline`` with the LoRA of ``lora_dir`` loaded, the folder's medsd_lora.json).
+    """(base pipeline with the LoRA of ``lora_dir`` loaded, the folder's medsd_lora.json).
 
-    The base comes from ``base_model`` when given, else from ``medsd_lora.json``.
+    The base comes from ``base_model`` when given, else from ``medsd_lora.json`` (with its revision and
+    variant). A ``TextToXRayPipeline`` by default, carrying the folder's intensity mapping and metadata.
     """
     lora_dir = Path(lora_dir)
     info = read_lora_info(lora_dir) or {}
     base = base_model or info.get("base_model")
     if not base:
-        raise ValueError(
+        raise MedsdConfigError(
             f"{lora_dir} names no base model ({LORA_INFO_FILE} missing or without 'base_model'); pass base_model="
         )
     if base_model is None:
-        revision = revision if revision is not None else info.get("revision")
-        variant = variant if variant is not None else info.get("variant")
-    pipe = load_base_pipeline(base, torch_dtype=torch_dtype, revision=revision, variant=variant)
+        for key in ("revision", "variant"):
+            if kwargs.get(key) is None and info.get(key) is not None:
+                kwargs[key] = info[key]
+    if pipeline_class is None:
+        from .text2xray import TextToXRayPipeline as pipeline_class
+
+        kwargs.setdefault("intensity_mapping", intensity_mapping_of(lora_dir, info))
+        kwargs.setdefault("medsd_metadata", info)
+    pipe = load_base_pipeline(base, pipeline_class=pipeline_class, **kwargs)
     pipe.load_lora_weights(str(lora_dir), weight_name=LORA_WEIGHTS_FILE)
     return pipe, info
 
@@ -97,20 +96,16 @@ def export_merged_pipeline(
     base_model: str | os.PathLike | None = None,
     lora_scale: float = 1.0,
 ) -> Path:
-    """Write a full ``StableDiffusionPipeline`` (fp32) with the LoRA of ``lora_dir`` fused into its weights."""
+    """Write a full pipeline (fp32, a stock ``StableDiffusionPipeline`` folder) with the LoRA of ``lora_dir``
+    fused into its weights; the medsd metadata and intensity mapping ride along in ``model_index.json`` and
+    in ``medsd_lora.json``."""
     lora_dir, out_dir = Path(lora_dir), Path(out_dir)
     pipe, info = load_lora_pipeline(lora_dir, base_model=base_model)
     pipe.fuse_lora(lora_scale=lora_scale)
     pipe.unload_lora_weights()
-    pipe.save_pretrained(out_dir)
     merged_info = dict(info, merged=True, lora_scale=lora_scale)
+    pipe.medsd_metadata = merged_info
+    pipe.save_pretrained(out_dir)
     with open(out_dir / LORA_INFO_FILE, "w") as f:
         json.dump(merged_info, f, indent=1)
-    src = lora_dir / INTENSITY_FILE
-    if src.is_file():
-        (out_dir / INTENSITY_FILE).write_bytes(src.read_bytes())
     return out_dir
-
-
-def resolve_folder(path_or_id: str | os.PathLike, **hub_kwargs: Any) -> Path:
-    return resolve_local_dir(path_or_id, **hub_kwargs)

@@ -1,8 +1,7 @@
-"""Turning model outputs in [-1, 1] into 1-channel images, and the intensity mapping saved with a model."""
+"""Turning model outputs in [-1, 1] into 1-channel images; finding a model folder locally or on the Hub."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-INTENSITY_FILE = "intensity_mapping.json"
 OUTPUT_TYPES = ("pil", "np", "pt", "uint16", "native")
 
 
@@ -40,25 +38,6 @@ def postprocess(images: torch.Tensor, output_type: str = "pil", mapping: Any = N
     from PIL import Image
 
     return [Image.fromarray(np.round(x * 255).astype(np.uint8), mode="L") for x in x01]
-
-
-def save_intensity_mapping(mapping: Any, directory: str | os.PathLike) -> None:
-    if mapping is None:
-        return
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    with open(Path(directory) / INTENSITY_FILE, "w") as f:
-        json.dump(mapping.to_dict(), f, indent=1)
-
-
-def load_intensity_mapping(directory: str | os.PathLike) -> Any:
-    """The mapping saved beside a pipeline, or None when the folder has none."""
-    path = Path(directory) / INTENSITY_FILE
-    if not path.is_file():
-        return None
-    from medsd.data.intensity import mapping_from_dict
-
-    with open(path) as f:
-        return mapping_from_dict(json.load(f))
 
 
 def resolve_local_dir(path_or_id: str | os.PathLike, **hub_kwargs: Any) -> Path:

@@ -1,6 +1,6 @@
 """1-channel text-to-X-ray generation with a Stable Diffusion pipeline (base + LoRA, or merged).
 
-:class:`TextToXRayPipeline` wraps a diffusers ``StableDiffusionPipeline``: it runs it, averages the RGB
+:class:`TextToXRayPipeline` is a diffusers ``StableDiffusionPipeline``: it runs it, averages the RGB
 output to one channel and converts it with :func:`medsd.pipelines.output.postprocess` (PIL "L", float
 arrays, 16-bit, or native units through the intensity mapping saved with the model). Defaults follow
 RoentGen: guidance scale 4 and 75 denoising steps.
@@ -14,8 +14,12 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+from diffusers import StableDiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from medsd.data.prompts import PromptTemplate
+
+from .base import MedPipelineMixin
 from .output import postprocess
 
 DEFAULT_GUIDANCE_SCALE = 4.0
@@ -30,83 +34,77 @@ class TextToXRayPipelineOutput(BaseOutput):
     prompts: list[str]
 
 
-class TextToXRayPipeline:
-    """Text-to-X-ray generation with 1-channel output.
+class TextToXRayPipeline(MedPipelineMixin, StableDiffusionPipeline):
+    """Text-to-X-ray generation with 1-channel output: a diffusers ``StableDiffusionPipeline``.
+
+    Takes the Stable Diffusion components (no safety checker by default: these are synthetic radiographs)
+    plus three optional arguments kept in the diffusers config:
 
     Args:
-        pipe: a ``StableDiffusionPipeline`` (LoRA loaded or merged).
         intensity_mapping: the mapping saved with the model (for ``output_type="native"``).
-        info: the model's ``medsd_lora.json`` (base model, prompt template, resolution, ...).
+        medsd_metadata: the model's ``medsd_lora.json`` (base model, prompt template, resolution, ...);
+            also available as ``info``.
         lora_scale: strength of a loaded (unfused) LoRA; 0 gives the base model, 1 the trained LoRA.
+
+    Saved folders name ``StableDiffusionPipeline``: stock diffusers opens them; medsd reopens them as this class.
     """
 
     def __init__(
         self,
-        pipe: Any,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        unet: Any,
+        scheduler: Any,
+        safety_checker: Any = None,
+        feature_extractor: Any = None,
+        image_encoder: Any = None,
+        requires_safety_checker: bool = False,
         intensity_mapping: Any = None,
-        info: dict[str, Any] | None = None,
+        medsd_metadata: dict[str, Any] | None = None,
         lora_scale: float = 1.0,
     ):
-        self.pipe = pipe
-        self.intensity_mapping = intensity_mapping
-        self.info = dict(info or {})
-        self.lora_scale = float(lora_scale)
+        super().__init__(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=safety_checker,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
+            requires_safety_checker=requires_safety_checker,
+        )
+        self.register_medsd_state(intensity_mapping, medsd_metadata)
+        self.register_to_config(lora_scale=float(lora_scale))
 
-    # -- diffusers-like surface ------------------------------------------------------------------
-    @property
-    def scheduler(self) -> Any:
-        return self.pipe.scheduler
-
-    @scheduler.setter
-    def scheduler(self, scheduler: Any) -> None:
-        self.pipe.scheduler = scheduler
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipe.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.dtype
+    def _saved_class_name(self) -> str | list[str]:
+        return "StableDiffusionPipeline"
 
     @property
-    def components(self) -> dict[str, Any]:
-        return self.pipe.components
+    def info(self) -> dict[str, Any]:
+        """The model's medsd metadata (``medsd_lora.json``)."""
+        return self.medsd_metadata
+
+    @property
+    def lora_scale(self) -> float:
+        return float(self.config.get("lora_scale", 1.0))
+
+    @lora_scale.setter
+    def lora_scale(self, scale: float) -> None:
+        self.register_to_config(lora_scale=float(scale))
 
     @property
     def prompt_template(self) -> str | None:
         return self.info.get("prompt_template")
 
-    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> TextToXRayPipeline:
-        """Move (and cast) the wrapped pipeline, e.g. ``.to("cuda", torch.float16)``; returns self."""
-        if isinstance(device, torch.dtype) and dtype is None:
-            device, dtype = None, device
-        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        self.pipe.to(**kwargs)
-        return self
-
-    def set_progress_bar_config(self, **kwargs: Any) -> None:
-        self.pipe.set_progress_bar_config(**kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        # enable_model_cpu_offload, enable_attention_slicing, vae, unet, ...: the wrapped pipeline's.
-        if name == "pipe":
-            raise AttributeError(name)
-        return getattr(self.pipe, name)
-
     def _has_unfused_lora(self) -> bool:
-        get = getattr(self.pipe, "get_list_adapters", None)
-        try:
-            return bool(get and any(get().values()))
-        except Exception:  # pragma: no cover - pipelines without the LoRA mixin
-            return False
+        return any(self.get_list_adapters().values())
 
     def prompt_for(self, label: str, **fields: Any) -> str:
         """The training prompt of a label, through the saved prompt template (``"{label}"`` without one);
         formatted like training prompts were (``medsd.data.PromptTemplate``: labels lower-cased, parts with
         missing fields dropped)."""
-        from medsd.data.datasets import PromptTemplate
-
         return PromptTemplate(self.prompt_template or "{label}").format(label=label, **fields) or ""
 
     # -- generation --------------------------------------------------------------------------------
@@ -134,28 +132,28 @@ class TextToXRayPipeline:
             cak = dict(kwargs.pop("cross_attention_kwargs", None) or {})
             cak.setdefault("scale", self.lora_scale)
             kwargs["cross_attention_kwargs"] = cak
-        rgb = self.pipe(
-            prompts,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            height=height,
-            width=width,
-            num_images_per_prompt=num_images_per_prompt,
-            output_type="pt",
-            **kwargs,
-        ).images
+        rgb = (
+            super()
+            .__call__(
+                prompts,
+                negative_prompt=negative_prompt,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                height=height,
+                width=width,
+                num_images_per_prompt=num_images_per_prompt,
+                output_type="pt",
+                **kwargs,
+            )
+            .images
+        )
         gray = rgb.float().mean(dim=1, keepdim=True) * 2 - 1
         images = postprocess(gray, output_type, self.intensity_mapping)
         expanded = [p for p in prompts for _ in range(num_images_per_prompt)]
         if not return_dict:
             return (images,)
         return TextToXRayPipelineOutput(images=images, prompts=expanded)
-
-    def __repr__(self) -> str:
-        base = self.info.get("base_model", "?")
-        return f"TextToXRayPipeline(base_model={base!r}, lora_scale={self.lora_scale}, device={self.device})"
 
 
 __all__ = ["TextToXRayPipeline", "TextToXRayPipelineOutput"]

@@ -432,7 +432,6 @@ class SDLoRATask(TrainingTask):
         from diffusers import StableDiffusionPipeline
 
         from medsd.pipelines.lora_io import LORA_INFO_FILE, export_merged_pipeline
-        from medsd.pipelines.output import save_intensity_mapping
 
         cfg = self.config
         text_encoder = modules.get("text_encoder")
@@ -442,7 +441,8 @@ class SDLoRATask(TrainingTask):
         info = self.lora_info()
         with open(output_dir / LORA_INFO_FILE, "w") as f:
             json.dump(info, f, indent=1)
-        save_intensity_mapping(self.mapping, output_dir)
+        if self.mapping is not None:
+            self.mapping.save(output_dir / "intensity_mapping.json")
         if cfg.export_merged:
             export_merged_pipeline(output_dir, output_dir / "merged")
         self._write_model_card(output_dir)

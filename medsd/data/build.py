@@ -1,0 +1,172 @@
+"""``DataConfig`` and ``build_dataset``: one source description to a dataset with a patient split and a fitted intensity mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .datasets import SPLITS, CSVImageDataset, FolderImageDataset, _hash_part, patient_split  # noqa: F401
+from .errors import MedImageError
+from .hf_datasets import HFImageDataset, HFStreamingImageDataset  # noqa: F401
+from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, WindowMapping
+from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
+from .transforms import ImageTransform
+
+
+@dataclass
+class DataConfig:
+    """Everything ``build_dataset`` needs. ``image_column`` defaults to ``"filename"`` (csv) / ``"image"``
+    (hf); ``window`` (low, high) defaults to (0, 255); ``split`` picks one part of a patient-level split
+    (``"all"`` keeps everything); ``hf_split`` is the Hugging Face split to load."""
+
+    source: str = "phantom"
+    path: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    caption_column: str | None = None
+    patient_column: str | None = None
+    patient_id_pattern: str | None = None
+    prompt_template: str | None = None
+    resolution: int = 64
+    crop: str = "center"
+    affine: bool = False
+    hflip: bool = False
+    upscale: bool = True
+    intensity: str = "window"
+    window: tuple[float, float] | None = None
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    fit_samples: int = 64
+    split: str = "train"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    max_samples: int | None = None
+    skip_bad_images: bool = False
+    streaming: bool = False
+    hf_split: str = "train"
+    data_dir: str | None = None
+    phantom_kind: str = "chest"
+    phantom_count: int = 1000
+    finding_probability: float = 0.5
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataConfig:
+        """Build from a plain dict (e.g. YAML), rejecting unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise MedImageError(f"data config: unknown keys {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _make_mapping(cfg: DataConfig) -> IntensityMapping:
+    if cfg.intensity == "window":
+        low, high = cfg.window if cfg.window is not None else (0.0, 255.0)
+        return WindowMapping(low, high)
+    if cfg.intensity == "minmax":
+        return MinMaxMapping()
+    if cfg.intensity == "percentile":
+        return PercentileMapping(*cfg.percentiles)
+    raise MedImageError(
+        f"data config intensity: expected 'window', 'minmax' or 'percentile', got {cfg.intensity!r}"
+    )
+
+
+def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
+    """Build the dataset described by ``cfg`` and its (fitted) intensity mapping.
+
+    Order: load the source, take split ``cfg.split`` (patient-level, seeded), cap at ``max_samples``, drop
+    bad images if ``skip_bad_images``, then fit a data-dependent mapping on up to ``fit_samples`` images.
+    Phantoms are always in [0, 1] and use ``WindowMapping(0, 1)``.
+    """
+    if cfg.split not in (*SPLITS, "all"):
+        raise MedImageError(f"data config split: expected one of {(*SPLITS, 'all')}, got {cfg.split!r}")
+    common = dict(crop=cfg.crop, affine=cfg.affine, hflip=cfg.hflip, upscale=cfg.upscale)
+    common["prompt_template"] = cfg.prompt_template
+    mapping = _make_mapping(cfg)
+    if cfg.source == "phantom":
+        from .phantoms import PhantomDataset
+
+        ds: Any = PhantomDataset(
+            cfg.phantom_count,
+            size=cfg.resolution,
+            kind=cfg.phantom_kind,
+            finding_probability=cfg.finding_probability,
+            seed=cfg.seed,
+            prompt_template=cfg.prompt_template,
+            transform=ImageTransform(cfg.resolution, cfg.crop, cfg.affine, cfg.hflip)
+            if (cfg.affine or cfg.hflip or cfg.crop == "random")
+            else None,
+        )
+        mapping = WindowMapping(0.0, 1.0)
+    elif cfg.source in ("folder", "csv", "hf") and not cfg.path:
+        raise MedImageError(f"data config path: required for source {cfg.source!r}")
+    elif cfg.source == "folder":
+        ds = FolderImageDataset(
+            cfg.path, cfg.resolution, mapping=mapping, patient_id_pattern=cfg.patient_id_pattern, **common
+        )
+    elif cfg.source == "csv":
+        ds = CSVImageDataset(
+            cfg.path,
+            cfg.image_column or "filename",
+            cfg.label_column,
+            cfg.caption_column,
+            cfg.patient_column,
+            resolution=cfg.resolution,
+            mapping=mapping,
+            **common,
+        )
+    elif cfg.source == "hf":
+        ds = HFImageDataset(
+            cfg.path,
+            cfg.hf_split,
+            cfg.image_column or "image",
+            cfg.label_column,
+            cfg.caption_column,
+            cfg.patient_column,
+            cfg.resolution,
+            data_dir=cfg.data_dir,
+            streaming=cfg.streaming,
+            mapping=mapping,
+            skip_bad_images=cfg.skip_bad_images and cfg.streaming,
+            **common,
+        )
+    else:
+        raise MedImageError(
+            f"data config source: expected 'phantom', 'folder', 'csv' or 'hf', got {cfg.source!r}"
+        )
+
+    streaming = isinstance(ds, HFStreamingImageDataset)
+    if cfg.split != "all":
+        if streaming:
+            ds.restrict(cfg.split, cfg.split_fractions, cfg.seed)
+        else:
+            parts = patient_split(ds.patient_ids, cfg.split_fractions, cfg.seed)
+            ds = ds.select(parts[SPLITS.index(cfg.split)])
+    if cfg.max_samples is not None:
+        if streaming:
+            ds.max_samples = cfg.max_samples
+        else:
+            ds = ds.select(range(min(cfg.max_samples, len(ds))))
+    if not streaming and len(ds) == 0:
+        raise MedImageError(f"data config: split {cfg.split!r} of {cfg.source} source {cfg.path!r} is empty")
+    if cfg.skip_bad_images and not streaming and cfg.source != "phantom":
+        ds.drop_bad_images()
+    if not mapping.fitted:
+        if streaming:
+            arrays = list(ds.iter_native(cfg.fit_samples))
+        else:
+            rng = np.random.default_rng(cfg.seed)
+            pick = sorted(rng.choice(len(ds), size=min(cfg.fit_samples, len(ds)), replace=False))
+            arrays = [ds.read_native(int(i)) for i in pick]
+        if not arrays:
+            raise MedImageError(f"data config: no images to fit the {cfg.intensity!r} intensity mapping on")
+        mapping.fit(arrays)
+    if cfg.source != "phantom":
+        ds.mapping = mapping
+    return ds, mapping
