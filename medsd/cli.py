@@ -10,7 +10,9 @@ import sys
 COMMAND_MODULES = [
     "quickstart",
     "train",
+    "generate",
     "sample",
+    "push",
     "eval",
     "ablation",
     "xray_table",

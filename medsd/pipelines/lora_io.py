@@ -60,9 +60,7 @@ def load_base_pipeline(
         kwargs["revision"] = revision
     if variant is not None:
         kwargs["variant"] = variant
-    pipe = StableDiffusionPipeline.from_pretrained(str(base_model), **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return StableDiffusionPipeline.from_pretrained(str(base_model), **kwargs)
 
 
 def load_lora_pipeline(
