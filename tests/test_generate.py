@@ -95,7 +95,10 @@ def test_sidecar_refuses_changed_weights(ddpm_dir, tmp_path):
     meta["weights_sha256"] = "0" * 64
     side.write_text(json.dumps(meta))
     assert main(["generate", "--from_sidecar", str(side), "--out", str(tmp_path / "b")]) == 2
-    assert main(["generate", "--from_sidecar", str(side), "--out", str(tmp_path / "c"), "--ignore_weights_hash"]) == 0
+    assert (
+        main(["generate", "--from_sidecar", str(side), "--out", str(tmp_path / "c"), "--ignore_weights_hash"])
+        == 0
+    )
 
 
 def test_sample_is_an_alias_of_generate(ddpm_dir, tmp_path):
@@ -117,7 +120,9 @@ def test_cddpm_inpaints_condition_folder_and_csv(cddpm_dir, tmp_path):
         Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(conds / name)
         Image.fromarray(mask).save(masks / name)
     common = ["--num_inference_steps", 5, "--format", "png8", "--scheduler", "ddim"]
-    _run(cddpm_dir, "--condition", conds, "--mask", masks, "--num_images", 2, "--out", tmp_path / "o", *common)
+    _run(
+        cddpm_dir, "--condition", conds, "--mask", masks, "--num_images", 2, "--out", tmp_path / "o", *common
+    )
     pngs = sorted((tmp_path / "o").glob("*.png"))
     assert len(pngs) == 4  # 2 condition images x 2 samples
     meta = json.loads((tmp_path / "o" / "image_00002.json").read_text())
@@ -164,5 +169,7 @@ def test_text_to_xray_pipeline_takes_a_string_negative_prompt(tiny_sd_base):
     pipe = MedPipeline.from_pretrained(tiny_sd_base)
     kw = dict(num_inference_steps=2, output_type="np", num_images_per_prompt=1)
     a = pipe(["a", "b"], negative_prompt="blurry", generator=torch.Generator().manual_seed(0), **kw).images
-    b = pipe(["a", "b"], negative_prompt=["blurry"] * 2, generator=torch.Generator().manual_seed(0), **kw).images
+    b = pipe(
+        ["a", "b"], negative_prompt=["blurry"] * 2, generator=torch.Generator().manual_seed(0), **kw
+    ).images
     assert a.shape[0] == 2 and np.array_equal(a, b)

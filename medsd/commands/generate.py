@@ -55,7 +55,9 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         help="DDPM: images in all (default 16); text-to-X-ray: images per prompt (default 4); "
         "cDDPM: samples per condition image (default 1)",
     )
-    p.add_argument("--batch_size", type=int, default=8, help="images per pipeline call with --batch_invariant false")
+    p.add_argument(
+        "--batch_size", type=int, default=8, help="images per pipeline call with --batch_invariant false"
+    )
     p.add_argument(
         "--batch_invariant",
         default="true",
@@ -72,7 +74,9 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         help="default: the saved sampler; ddpm (ancestral), ddim, dpm (DPM-Solver++)",
     )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights dtype (float16/bfloat16 on GPUs)")
+    p.add_argument(
+        "--dtype", default="float32", choices=DTYPES, help="weights dtype (float16/bfloat16 on GPUs)"
+    )
     p.add_argument(
         "--format",
         default="png8",
@@ -80,7 +84,9 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         help="png8: 8-bit; png16: 16 bits of the model's intensity window; dicom: original units (e.g. HU) "
         "through the saved intensity mapping; npy: float32 in original units (in [0, 1] without a mapping)",
     )
-    p.add_argument("--prefix", default="image", help="file names are PREFIX_00000.png, PREFIX_00000.json, ...")
+    p.add_argument(
+        "--prefix", default="image", help="file names are PREFIX_00000.png, PREFIX_00000.json, ..."
+    )
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that has images")
     t = p.add_argument_group("text-to-X-ray")
     t.add_argument("--prompt", action="append", default=None, help="a prompt (repeat the flag for several)")
@@ -90,14 +96,22 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
     t.add_argument("--height", type=int, default=None, help="default: the training resolution")
     t.add_argument("--width", type=int, default=None)
     c = p.add_argument_group("cDDPM")
-    c.add_argument("--condition", default=None, help="degraded image(s): an image, a folder of images, or a CSV")
-    c.add_argument("--condition_column", default=None, help=f"CSV column of image paths (default: {CONDITION_COLUMNS})")
+    c.add_argument(
+        "--condition", default=None, help="degraded image(s): an image, a folder of images, or a CSV"
+    )
+    c.add_argument(
+        "--condition_column", default=None, help=f"CSV column of image paths (default: {CONDITION_COLUMNS})"
+    )
     c.add_argument("--mask", default=None, help="inpainting mask (1/white = missing): one image, or a folder "
                    "with a mask of the same name per condition image; in a CSV, a 'mask' column")  # fmt: skip
-    c.add_argument("--task", default=None, choices=["sr", "denoise", "inpaint"], help="default: the saved task")
+    c.add_argument(
+        "--task", default=None, choices=["sr", "denoise", "inpaint"], help="default: the saved task"
+    )
     c.add_argument("--keep_known_pixels", default="true", choices=["true", "false"], help="inpainting")
     c.add_argument("--image_size", type=int, default=None, help="super-resolution output size")
-    p.add_argument("--ignore_weights_hash", action="store_true", help="--from_sidecar: accept changed weights")
+    p.add_argument(
+        "--ignore_weights_hash", action="store_true", help="--from_sidecar: accept changed weights"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -155,7 +169,9 @@ def weights_sha256(folder: str | os.PathLike) -> str:
     folder = Path(folder)
     h = hashlib.sha256()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    files = [p for p in files if not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)]
+    files = [
+        p for p in files if not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)
+    ]
     if not files:
         raise GenerateError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) to hash")
     for p in files:
@@ -249,7 +265,9 @@ def default_steps(loaded: LoadedModel, settings: Settings) -> int:
 
 
 # -- conditions (cDDPM) -----------------------------------------------------------------------------------
-def list_conditions(condition: str | None, mask: str | None, column: str | None) -> list[tuple[str, str | None]]:
+def list_conditions(
+    condition: str | None, mask: str | None, column: str | None
+) -> list[tuple[str, str | None]]:
     """(condition image, mask or None) pairs from an image, a folder or a CSV."""
     if not condition:
         raise GenerateError("a cDDPM model needs --condition (a degraded image, a folder of them, or a CSV)")
@@ -392,7 +410,9 @@ def write_image(img: Any, path_stem: Path, fmt: str) -> Path:
     return path
 
 
-def sidecar(loaded: LoadedModel, spec: ImageSpec, s: Settings, image_file: str, batch: list[ImageSpec] | None) -> dict:
+def sidecar(
+    loaded: LoadedModel, spec: ImageSpec, s: Settings, image_file: str, batch: list[ImageSpec] | None
+) -> dict:
     import medsd
 
     d: dict[str, Any] = {
@@ -486,7 +506,9 @@ def _device(requested: str | None) -> str:
 
     if requested:
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise GenerateError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
+            raise GenerateError(
+                f"--device {requested}: CUDA is not available on this machine; use --device cpu"
+            )
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -563,7 +585,9 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
         raise GenerateError(f"--from_sidecar {p}: not JSON ({e})") from None
     missing = [k for k in ("model", "family", "seed", "index", "format") if k not in d]
     if not isinstance(d, dict) or d.get("medsd_sidecar_version") != SIDECAR_VERSION or missing:
-        raise GenerateError(f"--from_sidecar {p}: not a medsd sidecar (missing {missing or 'medsd_sidecar_version'})")
+        raise GenerateError(
+            f"--from_sidecar {p}: not a medsd sidecar (missing {missing or 'medsd_sidecar_version'})"
+        )
     return d
 
 

@@ -180,7 +180,11 @@ def parse_config(
     """Parse ``--config FILE`` and per-field flags into ``cls``."""
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__)
     add_config_arguments(parser, cls)
-    return config_from_args(cls, parser.parse_args(argv))
+    config = config_from_args(cls, parser.parse_args(argv))
+    from .distributed import check_launch
+
+    check_launch()  # before any model or data is loaded (see medsd.training.distributed)
+    return config
 
 
 def _field_docs(cls: type) -> dict[str, str]:

@@ -275,6 +275,9 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
+    from .distributed import accelerator_cpu_flag, check_launch, describe, process_record
+
+    check_launch()  # e.g. --multi_gpu without GPUs stops here; `--cpu --num_processes N` starts N processes
     output_dir = check_output_dir(config)
     log_with = None
     if config.report_to == "tensorboard":
@@ -289,6 +292,7 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
     elif config.report_to not in ("none", "", None):
         log_with = config.report_to
     accelerator = Accelerator(
+        cpu=accelerator_cpu_flag(),
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=log_with,
@@ -296,6 +300,7 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
             project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
         ),
     )
+    accelerator.print(describe(accelerator))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "training_config.yaml")
@@ -366,6 +371,7 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
     # Data: a deterministic stream of index batches, sliced on the device or fed through a DataLoader.
     dataset = task.train_dataset()
     start_micro = global_step * config.gradient_accumulation_steps
+    stream = None
     if isinstance(dataset, torch.utils.data.IterableDataset):
         batches = _stream_batches(dataset, task, config, accelerator, start_micro)
     else:
@@ -505,6 +511,8 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
         progress.close()
 
     accelerator.wait_for_everyone()
+    first_batch = stream.indices(start_micro) if stream is not None else None
+    processes = process_record(accelerator, params, first_batch, config.train_batch_size)
     if config.validation_steps <= 0 or global_step % config.validation_steps != 0:
         run_validation(global_step)
     seconds = time.perf_counter() - t_start
@@ -517,7 +525,14 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
         _save_loss_curve(history, output_dir / "loss_curve.png")
         with open(output_dir / "train_summary.json", "w") as f:
             json.dump(
-                {"steps": global_step, "seconds": seconds, "loss_history": history, "log_times": log_times},
+                {
+                    "steps": global_step,
+                    "seconds": seconds,
+                    "num_processes": accelerator.num_processes,
+                    "processes": processes,
+                    "loss_history": history,
+                    "log_times": log_times,
+                },
                 f,
                 indent=1,
             )
