@@ -279,6 +279,10 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
 
     check_launch()  # e.g. --multi_gpu without GPUs stops here; `--cpu --num_processes N` starts N processes
     output_dir = check_output_dir(config)
+    if config.push_to_hub:  # diffusers' examples create the repo first: fail before training, not after
+        from .hub import check_hub_ready
+
+        check_hub_ready(config.hub_model_id, config.hub_token)
     log_with = None
     if config.report_to == "tensorboard":
         try:
@@ -399,7 +403,8 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
 
     if accelerator.is_main_process and log_with:
         accelerator.init_trackers(
-            "medsd", config={k: _loggable(v) for k, v in dataclasses.asdict(config).items()}
+            "medsd",
+            config={k: _loggable(v) for k, v in dataclasses.asdict(config).items() if k != "hub_token"},
         )
 
     def run_validation(step: int) -> None:
@@ -537,7 +542,9 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
                 indent=1,
             )
         if config.push_to_hub:
-            push_folder_to_hub(output_dir, config.hub_model_id, private=config.hub_private)
+            push_folder_to_hub(
+                output_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token
+            )
     skipped = getattr(dataset, "skipped", None)
     if skipped and accelerator.is_main_process:
         accelerator.print(f"{len(skipped)} image(s) were skipped as unreadable (--skip_bad_images):")
@@ -553,20 +560,13 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
     )
 
 
-def push_folder_to_hub(folder: Path, repo_id: str | None, private: bool = True) -> str:
-    """Upload a finished output folder (model card included), skipping checkpoints and logs."""
-    from huggingface_hub import create_repo, upload_folder
+def push_folder_to_hub(
+    folder: Path, repo_id: str | None, private: bool = True, token: str | None = None
+) -> str:
+    """Upload a finished output folder (model card included), skipping checkpoints and logs (``medsd push``)."""
+    from .hub import push_folder
 
-    if not repo_id:
-        raise ValueError("push_to_hub needs --hub_model_id (e.g. your-name/medsd-cxr)")
-    create_repo(repo_id, private=private, exist_ok=True)
-    upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        ignore_patterns=[f"{CHECKPOINT_PREFIX}*", ".tmp-*", "logs/*"],
-        commit_message="Upload medsd model",
-    )
-    return repo_id
+    return push_folder(folder, repo_id, token=token, private=private, check=False)
 
 
 def _stream_batches(
