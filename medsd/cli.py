@@ -12,7 +12,9 @@ from medsd.errors import MedsdError
 COMMAND_MODULES = [
     "quickstart",
     "train",
+    "generate",
     "sample",
+    "push",
     "eval",
     "ablation",
     "xray_table",

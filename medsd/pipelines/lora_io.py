@@ -53,9 +53,7 @@ def load_base_pipeline(
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.setdefault("safety_checker", None)
     kwargs.setdefault("requires_safety_checker", False)
-    pipe = pipeline_class.from_pretrained(str(base_model), **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipeline_class.from_pretrained(str(base_model), **kwargs)
 
 
 def load_lora_pipeline(

@@ -125,6 +125,8 @@ class TextToXRayPipeline(MedPipelineMixin, StableDiffusionPipeline):
     ) -> TextToXRayPipelineOutput | tuple:
         """Generate X-rays; ``output_type``: pil (mode "L"), np ([B, H, W] in [0, 1]), uint16, native, pt."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if isinstance(negative_prompt, str):  # diffusers wants a list when the prompts are a list
+            negative_prompt = [negative_prompt] * len(prompts)
         resolution = self.info.get("resolution")
         height = height or resolution
         width = width or resolution

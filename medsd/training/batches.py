@@ -45,13 +45,7 @@ def batch_stream(
     """Micro-batches on ``accelerator.device`` from micro-step ``start_micro`` on, whatever the dataset kind."""
     if isinstance(dataset, torch.utils.data.IterableDataset):
         return stream_batches(dataset, task, config, accelerator, start_micro)
-    stream = BatchIndexStream(
-        len(dataset),
-        config.train_batch_size,
-        config.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
+    stream = _index_stream(dataset, config, accelerator)
     if isinstance(dataset, BatchSource) and config.cache_images_on_device:
         if isinstance(dataset, MovableBatchSource):
             dataset = dataset.to(accelerator.device)
@@ -65,6 +59,23 @@ def batch_stream(
         generator=torch.Generator().manual_seed(config.seed),
     )
     return (to_device(b, accelerator.device) for b in loader)
+
+
+def _index_stream(dataset: Any, config: Any, accelerator: Any) -> BatchIndexStream:
+    return BatchIndexStream(
+        len(dataset),
+        config.train_batch_size,
+        config.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+
+
+def first_batch_indices(dataset: Any, config: Any, accelerator: Any, start_micro: int) -> list[int] | None:
+    """This process's first micro-batch of a map-style dataset (None for streams): shard checks."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return None
+    return _index_stream(dataset, config, accelerator).indices(start_micro)
 
 
 def stream_batches(

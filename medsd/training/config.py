@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+SECRET_FIELDS = ("hub_token",)
+"""Never written to training_config.yaml nor logged."""
 
 
 @dataclasses.dataclass
@@ -59,6 +61,8 @@ class TrainConfig:
     push_to_hub: bool = False
     hub_model_id: str | None = None
     hub_private: bool = True
+    hub_token: str | None = None
+    """Hub token (default: HF_TOKEN or `huggingface-cli login`); never printed or saved."""
     progress_bar: bool = True
 
 
@@ -133,7 +137,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (the record of what a run used)."""
     with open(path, "w") as f:
-        yaml.safe_dump(dataclasses.asdict(config), f, sort_keys=False)
+        data = {k: v for k, v in dataclasses.asdict(config).items() if k not in SECRET_FIELDS}
+        yaml.safe_dump(data, f, sort_keys=False)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -180,7 +185,15 @@ def parse_config(
     """Parse ``--config FILE`` and per-field flags into ``cls``."""
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__)
     add_config_arguments(parser, cls)
-    return config_from_args(cls, parser.parse_args(argv))
+    config = config_from_args(cls, parser.parse_args(argv))
+    from .distributed import check_launch
+
+    check_launch()  # before any model or data is loaded (see medsd.training.distributed)
+    if getattr(config, "push_to_hub", False):  # like diffusers' examples: the Hub first, then training
+        from .hub import check_hub_ready
+
+        check_hub_ready(config.hub_model_id, config.hub_token)
+    return config
 
 
 def _field_docs(cls: type) -> dict[str, str]:

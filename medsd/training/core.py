@@ -23,7 +23,7 @@ from torch import nn
 
 from medsd.errors import MedsdError
 
-from .batches import BatchIndexStream, batch_stream
+from .batches import BatchIndexStream, batch_stream, first_batch_indices
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     FINISHED_MARKERS,
@@ -118,7 +118,14 @@ class Trainer:
     """Train (or resume) ``task`` under ``config``: ``Trainer(task, config).run()``."""
 
     def __init__(self, task: TrainingTask, config: TrainConfig):
+        from .distributed import check_launch
+
         self.task, self.config = task, config
+        check_launch()  # e.g. --multi_gpu without GPUs stops here; `--cpu --num_processes N` starts N processes
+        if config.push_to_hub:  # diffusers' examples create the repo first: fail before training, not after
+            from .hub import check_hub_ready
+
+            check_hub_ready(config.hub_model_id, config.hub_token)
         self.output_dir = check_output_dir(
             config.output_dir, config.overwrite_output_dir, bool(config.resume_from_checkpoint)
         )
@@ -135,14 +142,18 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration, set_seed
         from diffusers.optimization import get_scheduler
 
+        from .distributed import accelerator_cpu_flag, describe
+
         config, out = self.config, self.output_dir
         self.log_with = _tracker(config)
         self.accelerator = accelerator = Accelerator(
+            cpu=accelerator_cpu_flag(),
             mixed_precision=resolve_mixed_precision(config.mixed_precision),
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=self.log_with,
             project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         )
+        accelerator.print(describe(accelerator))
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out / "training_config.yaml")
@@ -210,8 +221,10 @@ class Trainer:
     def batches(self) -> None:
         """The deterministic micro-batch stream, continuing where a resumed run stopped."""
         self.dataset = self.task.train_dataset()
-        start_micro = self.global_step * self.config.gradient_accumulation_steps
-        self.batch_iter = batch_stream(self.dataset, self.task, self.config, self.accelerator, start_micro)
+        self.start_micro = self.global_step * self.config.gradient_accumulation_steps
+        self.batch_iter = batch_stream(
+            self.dataset, self.task, self.config, self.accelerator, self.start_micro
+        )
 
     # -- one optimisation step -----------------------------------------------------------------------
     def step(self) -> None:
@@ -323,7 +336,8 @@ class Trainer:
         acc, config = self.accelerator, self.config
         if acc.is_main_process and self.log_with:
             acc.init_trackers(
-                "medsd", config={k: _loggable(v) for k, v in dataclasses.asdict(config).items()}
+                "medsd",
+                config={k: _loggable(v) for k, v in dataclasses.asdict(config).items() if k != "hub_token"},
             )
         self.progress = tqdm(
             total=config.max_train_steps,
@@ -361,7 +375,11 @@ class Trainer:
 
     def finish(self) -> TrainResult:
         """Save the final (EMA) model, the config, loss curve and summary; push to the Hub if asked."""
+        from .distributed import process_record
+
         acc, config, out = self.accelerator, self.config, self.output_dir
+        first = first_batch_indices(self.dataset, config, acc, self.start_micro)
+        processes = process_record(acc, self.params, first, config.train_batch_size)
         if acc.is_main_process:
             unwrapped = self._unwrapped()
             if self.ema is not None:
@@ -373,12 +391,16 @@ class Trainer:
                 "steps": self.global_step,
                 "seconds": self.seconds,
                 "learning_rate": self.learning_rate,
+                "num_processes": acc.num_processes,
+                "processes": processes,
                 "loss_history": self.history,
                 "log_times": self.log_times,
             }
             (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
             if config.push_to_hub:
-                push_folder_to_hub(out, config.hub_model_id, private=config.hub_private)
+                push_folder_to_hub(
+                    out, config.hub_model_id, private=config.hub_private, token=config.hub_token
+                )
         skipped = getattr(self.dataset, "skipped", None)
         if skipped and acc.is_main_process:
             acc.print(f"{len(skipped)} image(s) were skipped as unreadable (--skip_bad_images):")
@@ -443,20 +465,13 @@ def save_image_grid(images: list[Any], path: Path, cols: int | None = None) -> P
     return path
 
 
-def push_folder_to_hub(folder: Path, repo_id: str | None, private: bool = True) -> str:
-    """Upload a finished output folder (model card included), skipping checkpoints and logs."""
-    from huggingface_hub import create_repo, upload_folder
+def push_folder_to_hub(
+    folder: Path, repo_id: str | None, private: bool = True, token: str | None = None
+) -> str:
+    """Upload a finished output folder (model card included), skipping checkpoints and logs (``medsd push``)."""
+    from .hub import push_folder
 
-    if not repo_id:
-        raise ValueError("push_to_hub needs --hub_model_id (e.g. your-name/medsd-cxr)")
-    create_repo(repo_id, private=private, exist_ok=True)
-    upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        ignore_patterns=[f"{CHECKPOINT_PREFIX}*", ".tmp-*", "logs/*"],
-        commit_message="Upload medsd model",
-    )
-    return repo_id
+    return push_folder(folder, repo_id, token=token, private=private, check=False)
 
 
 def _loggable(v: Any) -> Any:

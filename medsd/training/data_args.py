@@ -42,6 +42,19 @@ class DataArgs:
     skip_bad_images: bool = False
     """Skip unreadable images (listed at the end) instead of stopping."""
     streaming: bool = False
+    center_crop: bool | None = None
+    """diffusers' flag: true = crop center, false = crop random (alias of crop)."""
+
+    def __post_init__(self) -> None:
+        if self.center_crop is not None:
+            self.crop = "center" if self.center_crop else "random"
+
+
+def is_jsonl_imagefolder(source: str) -> bool:
+    """A folder in diffusers' imagefolder layout: images with ``metadata.jsonl`` (``file_name`` + captions)."""
+    from pathlib import Path
+
+    return Path(source).is_dir() and (Path(source) / "metadata.jsonl").is_file()
 
 
 def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
@@ -60,7 +73,9 @@ def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
     else:
         from pathlib import Path
 
-        if Path(source).is_dir() and args.streaming:  # a folder streamed through datasets' imagefolder
+        if Path(source).is_dir() and (
+            args.streaming or is_jsonl_imagefolder(source)
+        ):  # datasets' imagefolder
             source, path, data_dir = "hf", "imagefolder", source
         else:
             source, path = ("folder", source) if Path(source).is_dir() else ("hf", source)

@@ -38,6 +38,42 @@ class DDPMTrainConfig(DataArgs, TrainConfig):
     learning_rate: float = 2e-4
     train_batch_size: int = 16
     output_dir: str = "outputs/ddpm"
+    # diffusers' train_unconditional.py names (aliases of the fields above)
+    train_data_dir: str | None = None
+    """Alias of train_data: a folder of images."""
+    dataset_name: str | None = None
+    """A Hugging Face datasets id or local dataset folder (train_data 'hf:NAME')."""
+    ddpm_num_steps: int | None = None
+    """Alias of num_train_timesteps."""
+    ddpm_beta_schedule: str | None = None
+    """Alias of beta_schedule."""
+    num_epochs: int | None = None
+    """Train this many passes over the data (sets max_train_steps)."""
+    logger: str = ""
+    """Alias of report_to (tensorboard, wandb, none)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train_data_dir:
+            self.train_data = self.train_data_dir
+        if self.dataset_name:
+            self.train_data = f"hf:{self.dataset_name}"
+        if self.ddpm_num_steps is not None:
+            self.num_train_timesteps = self.ddpm_num_steps
+        if self.ddpm_beta_schedule:
+            self.beta_schedule = self.ddpm_beta_schedule
+        if self.logger:
+            self.report_to = self.logger
+
+
+def steps_for_epochs(epochs: int, n_images: int, config: Any) -> int:
+    """Optimizer steps of ``epochs`` passes over ``n_images`` (all processes, gradient accumulation)."""
+    import math
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    per_step = config.train_batch_size * world * config.gradient_accumulation_steps
+    return max(1, math.ceil(epochs * n_images / per_step))
 
 
 class DDPMTask(TrainingTask):
@@ -52,6 +88,8 @@ class DDPMTask(TrainingTask):
 
         self.config = config
         self.dataset, self.mapping = build_training_data(config)
+        if config.num_epochs:
+            config.max_train_steps = steps_for_epochs(config.num_epochs, len(self.dataset), config)
         overrides: dict[str, Any] = {"sample_size": config.resolution}
         if config.time_embedding is not None:
             overrides["time_embedding"] = config.time_embedding

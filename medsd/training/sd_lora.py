@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import TrainConfig, parse_config
 from .core import TrainingTask, TrainResult, train, weight_dtype_for
-from .data_args import DataArgs, data_config
+from .data_args import DataArgs, data_config, is_jsonl_imagefolder
 from .model_card import write_model_card
 
 logger = logging.getLogger("medsd.training.sd_lora")
@@ -100,6 +100,13 @@ class SDLoRATrainConfig(DataArgs, TrainConfig):
     train_batch_size: int = 4
     checkpointing_steps: int = 500
     validation_steps: int = 250
+    # diffusers' train_text_to_image_lora.py names
+    enable_xformers_memory_efficient_attention: bool = False
+    """Use xformers attention when installed (otherwise PyTorch's scaled-dot-product attention, the default)."""
+    num_train_epochs: int | None = None
+    """Train this many passes over the data (sets max_train_steps)."""
+    validation_epochs: int | None = None
+    """Validate every this many epochs (sets validation_steps)."""
 
     def resolved_train_data(self) -> str:
         """The DataArgs ``train_data`` string that train_data_dir / dataset_name stand for."""
@@ -110,6 +117,8 @@ class SDLoRATrainConfig(DataArgs, TrainConfig):
             if d in ("phantom", "phantom-chest", "phantom-ct"):
                 return d
             p = Path(d)
+            if p.is_dir() and (p / "metadata.jsonl").is_file():  # diffusers' imagefolder layout
+                return str(p)
             if p.is_dir() and (p / "metadata.csv").is_file():
                 return str(p / "metadata.csv")
             if not p.exists():
@@ -151,7 +160,7 @@ def resolve_data_args(config: SDLoRATrainConfig) -> DataArgs:
                 )
         elif caption_col is not None and caption_col not in columns:
             raise ValueError(f"{source}: caption_column {caption_col!r} not in {columns}")
-    elif source.startswith("hf:"):
+    elif source.startswith("hf:") or is_jsonl_imagefolder(source):
         image_col = image_col or "image"
         if caption_col is None and config.prompt_template is None:
             caption_col = "text"
@@ -316,6 +325,21 @@ class SDLoRATask(TrainingTask):
             raise ValueError(f"no training images in {config.resolved_train_data()}")
         self.accelerator: Any = None
         self.weight_dtype = torch.float32
+        if config.num_train_epochs or config.validation_epochs:
+            from .ddpm import steps_for_epochs
+
+            per_epoch = steps_for_epochs(1, len(self.source), config)
+            if config.num_train_epochs:
+                config.max_train_steps = per_epoch * config.num_train_epochs
+            if config.validation_epochs:
+                config.validation_steps = per_epoch * config.validation_epochs
+        if config.enable_xformers_memory_efficient_attention:
+            try:
+                self.unet.enable_xformers_memory_efficient_attention()
+            except (ImportError, ModuleNotFoundError, ValueError) as e:
+                logger.warning(
+                    "xformers attention unavailable (%s); using PyTorch scaled-dot-product attention", e
+                )
 
     def _add_adapters(self) -> None:
         from peft import LoraConfig

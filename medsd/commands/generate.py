@@ -1,0 +1,663 @@
+"""``medsd generate MODEL --out DIR``: images from any medsd model (DDPM, cDDPM, text-to-X-ray), each with a
+sidecar ``NAME.json`` that regenerates it bit for bit (``medsd generate --from_sidecar NAME.json``).
+
+Image ``k`` of a run is drawn from its own ``torch.Generator`` seeded ``seed + k`` (on the CPU), so it depends
+on its seed only. Batched network math rounds differently from unbatched math (measured up to 2e-6 in [-1, 1]
+on a CPU), so by default (``--batch_invariant true``) every image is drawn in its own pipeline call and the
+result is the same bit for bit whatever ``--batch_size`` is; ``--batch_invariant false`` draws
+``--batch_size`` images per call (faster on a GPU), and each sidecar then records its batch so that
+``--from_sidecar`` redraws the batch and still regenerates the image bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from medsd.errors import MedsdError
+
+SIDECAR_VERSION = 1
+FORMATS = ("png8", "png16", "dicom", "npy")
+SCHEDULERS = ("default", "ddpm", "ddim", "dpm")
+DTYPES = ("float32", "float16", "bfloat16")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".bmp")
+CONDITION_COLUMNS = ("condition", "image", "path", "filename", "file_name")
+DEFAULT_NUM_IMAGES = {"ddpm": 16, "cddpm": 1, "text2xray": 4}
+
+
+class GenerateError(MedsdError):
+    """Bad ``medsd generate`` input (model, condition, prompt, sidecar)."""
+
+
+# -- command line ------------------------------------------------------------------------------------------
+def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = True) -> None:
+    if model_positional:
+        p.add_argument("model", nargs="?", default=None, help="model folder or Hub id (any medsd family)")
+    p.add_argument("--out", required=True, help="output folder (must not already contain images)")
+    p.add_argument(
+        "--from_sidecar",
+        nargs="+",
+        default=None,
+        metavar="NAME.json",
+        help="regenerate the image(s) these sidecars describe (model, seed, settings) into --out",
+    )
+    p.add_argument(
+        "--num_images",
+        type=int,
+        default=None,
+        help="DDPM: images in all (default 16); text-to-X-ray: images per prompt (default 4); "
+        "cDDPM: samples per condition image (default 1)",
+    )
+    p.add_argument(
+        "--batch_size", type=int, default=8, help="images per pipeline call with --batch_invariant false"
+    )
+    p.add_argument(
+        "--batch_invariant",
+        default="true",
+        choices=["true", "false"],
+        help="true (default): each image in its own pipeline call, bit-identical whatever --batch_size; "
+        "false: --batch_size images per call (faster on a GPU; last bits depend on the batch)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="image k is drawn with seed + k")
+    p.add_argument("--num_inference_steps", type=int, default=None, help="default: the pipeline's")
+    p.add_argument(
+        "--scheduler",
+        default="default",
+        choices=SCHEDULERS,
+        help="default: the saved sampler; ddpm (ancestral), ddim, dpm (DPM-Solver++)",
+    )
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument(
+        "--dtype", default="float32", choices=DTYPES, help="weights dtype (float16/bfloat16 on GPUs)"
+    )
+    p.add_argument(
+        "--format",
+        default="png8",
+        choices=FORMATS,
+        help="png8: 8-bit; png16: 16 bits of the model's intensity window; dicom: original units (e.g. HU) "
+        "through the saved intensity mapping; npy: float32 in original units (in [0, 1] without a mapping)",
+    )
+    p.add_argument(
+        "--prefix", default="image", help="file names are PREFIX_00000.png, PREFIX_00000.json, ..."
+    )
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that has images")
+    t = p.add_argument_group("text-to-X-ray")
+    t.add_argument("--prompt", action="append", default=None, help="a prompt (repeat the flag for several)")
+    t.add_argument("--prompt_file", default=None, help="a text file with one prompt per line")
+    t.add_argument("--negative_prompt", default=None, help="one negative prompt for every image")
+    t.add_argument("--guidance_scale", type=float, default=None, help="default: the pipeline's (4)")
+    t.add_argument("--height", type=int, default=None, help="default: the training resolution")
+    t.add_argument("--width", type=int, default=None)
+    c = p.add_argument_group("cDDPM")
+    c.add_argument(
+        "--condition", default=None, help="degraded image(s): an image, a folder of images, or a CSV"
+    )
+    c.add_argument(
+        "--condition_column", default=None, help=f"CSV column of image paths (default: {CONDITION_COLUMNS})"
+    )
+    c.add_argument("--mask", default=None, help="inpainting mask (1/white = missing): one image, or a folder "
+                   "with a mask of the same name per condition image; in a CSV, a 'mask' column")  # fmt: skip
+    c.add_argument(
+        "--task", default=None, choices=["sr", "denoise", "inpaint"], help="default: the saved task"
+    )
+    c.add_argument("--keep_known_pixels", default="true", choices=["true", "false"], help="inpainting")
+    c.add_argument("--image_size", type=int, default=None, help="super-resolution output size")
+    p.add_argument(
+        "--ignore_weights_hash", action="store_true", help="--from_sidecar: accept changed weights"
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate images with any trained model (DDPM, cDDPM, text-to-X-ray), with sidecars",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_generate_arguments(p)
+    p.set_defaults(func=run)
+
+
+# -- what one image is -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ImageSpec:
+    """Everything one image depends on besides the model and the shared settings."""
+
+    index: int
+    seed: int
+    prompt: str | None = None
+    condition: str | None = None
+    mask: str | None = None
+
+
+@dataclasses.dataclass
+class Settings:
+    family: str
+    scheduler: str
+    num_inference_steps: int | None
+    guidance_scale: float | None
+    negative_prompt: str | None
+    height: int | None
+    width: int | None
+    task: str | None
+    keep_known_pixels: bool
+    image_size: int | None
+    format: str
+    dtype: str
+
+
+def family_of(pipe: Any) -> str:
+    name = type(pipe).__name__
+    if name == "MedDDPMPipeline":
+        return "ddpm"
+    if name == "MedCDDPMPipeline":
+        return "cddpm"
+    if name == "TextToXRayPipeline":
+        return "text2xray"
+    raise GenerateError(f"unsupported pipeline {name}; expected a medsd DDPM, cDDPM or text-to-X-ray model")
+
+
+def weights_sha256(folder: str | os.PathLike) -> str:
+    """SHA-256 over the weight files of a model folder (relative path and content of each, sorted)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    files = [
+        p for p in files if not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)
+    ]
+    if not files:
+        raise GenerateError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) to hash")
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# -- the model --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LoadedModel:
+    pipe: Any
+    family: str
+    record: dict[str, Any]
+    """model id / path and weights hashes, as written to sidecars."""
+
+
+def load_model(model: str, device: str, dtype: str) -> LoadedModel:
+    import torch
+
+    from medsd.pipelines.auto import MedPipeline
+    from medsd.pipelines.output import resolve_local_dir
+
+    if not model:
+        raise GenerateError("give a MODEL folder or Hub id (or --from_sidecar NAME.json)")
+    is_local = Path(model).is_dir()
+    folder = resolve_local_dir(model)
+    torch_dtype = getattr(torch, dtype)
+    pipe = MedPipeline.from_pretrained(folder, torch_dtype=torch_dtype, device=device)
+    family = family_of(pipe)
+    record: dict[str, Any] = {
+        "model": str(Path(model).resolve()) if is_local else model,
+        "weights_sha256": weights_sha256(folder),
+    }
+    base = getattr(pipe, "info", {}).get("base_model") if family == "text2xray" else None
+    if base and not (folder / "model_index.json").is_file():  # a LoRA folder on a base model
+        record["base_model"] = str(Path(base).resolve()) if Path(base).is_dir() else base
+        if Path(base).is_dir():
+            record["base_model_weights_sha256"] = weights_sha256(base)
+    return LoadedModel(pipe, family, record)
+
+
+def apply_scheduler(loaded: LoadedModel, name: str) -> None:
+    """Swap the pipeline's sampler by name (cDDPM takes it per call as ``sampler=``)."""
+    if name == "default" or loaded.family == "cddpm":
+        return
+    pipe = loaded.pipe
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    if loaded.family == "ddpm":
+        from medsd.pipelines.ddpm import fast_scheduler
+
+        train_cfg = pipe.medsd_metadata.get("train_scheduler") or pipe.scheduler.config
+        pipe.scheduler = {
+            "ddpm": lambda c: DDPMScheduler.from_config(c),
+            "ddim": lambda c: DDIMScheduler.from_config(c, clip_sample=True),
+            "dpm": fast_scheduler,
+        }[name](train_cfg)
+    else:
+        cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}[name]
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def default_steps(loaded: LoadedModel, settings: Settings) -> int:
+    """The number of denoising steps the pipeline would use by default (recorded explicitly in sidecars)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    pipe = loaded.pipe
+    if loaded.family == "ddpm":
+        from medsd.pipelines.ddpm import DEFAULT_FAST_STEPS
+
+        s = pipe.scheduler
+        return s.config.num_train_timesteps if isinstance(s, DDPMScheduler) else DEFAULT_FAST_STEPS
+    if loaded.family == "cddpm":
+        from medsd.pipelines.cddpm import DEFAULT_FAST_STEPS
+
+        name = settings.scheduler
+        if name == "ddpm" or (name == "default" and isinstance(pipe.scheduler, DDPMScheduler)):
+            return pipe.scheduler.config.num_train_timesteps
+        ddim = name == "ddim" or (name == "default" and isinstance(pipe.scheduler, DDIMScheduler))
+        return DEFAULT_FAST_STEPS["ddim" if ddim else "dpm"]
+    from medsd.pipelines.text2xray import DEFAULT_NUM_INFERENCE_STEPS
+
+    return int(pipe.info.get("default_num_inference_steps") or DEFAULT_NUM_INFERENCE_STEPS)
+
+
+# -- conditions (cDDPM) -----------------------------------------------------------------------------------
+def list_conditions(
+    condition: str | None, mask: str | None, column: str | None
+) -> list[tuple[str, str | None]]:
+    """(condition image, mask or None) pairs from an image, a folder or a CSV."""
+    if not condition:
+        raise GenerateError("a cDDPM model needs --condition (a degraded image, a folder of them, or a CSV)")
+    src = Path(condition)
+    if not src.exists():
+        raise GenerateError(f"--condition {src} does not exist")
+    if src.suffix.lower() == ".csv":
+        with open(src, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise GenerateError(f"--condition {src}: the CSV has no rows")
+        cols = list(rows[0])
+        col = column or next((c for c in CONDITION_COLUMNS if c in cols), None)
+        if col is None or col not in cols:
+            raise GenerateError(f"--condition {src}: no image column among {cols}; pass --condition_column")
+        pairs = []
+        for r in rows:
+            img = str((src.parent / r[col]).resolve())
+            m = r.get("mask") or None
+            pairs.append((img, str((src.parent / m).resolve()) if m else None))
+        paths = pairs
+    elif src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise GenerateError(f"--condition {src}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+        paths = [(str(p.resolve()), None) for p in files]
+    else:
+        paths = [(str(src.resolve()), None)]
+    if mask:
+        m = Path(mask)
+        if not m.exists():
+            raise GenerateError(f"--mask {m} does not exist")
+        out = []
+        for img, _ in paths:
+            mp = m / Path(img).name if m.is_dir() else m
+            if not mp.is_file():
+                raise GenerateError(f"--mask {m}: no mask {mp.name} for condition image {img}")
+            out.append((img, str(mp.resolve())))
+        paths = out
+    return paths
+
+
+def read_condition(path: str, mapping: Any) -> Any:
+    """A condition image as a ``[1, 1, H, W]`` tensor in [-1, 1], through the model's intensity mapping."""
+    import numpy as np
+    import torch
+
+    from medsd.data.io import read_image
+
+    img = read_image(path)
+    arr = img.array
+    if mapping is not None:
+        x = np.asarray(mapping.forward(arr), dtype=np.float32)
+    else:
+        top = float(2 ** int(img.meta.get("bit_depth") or 8) - 1)
+        x = np.clip(arr / top, 0, 1).astype(np.float32) * 2 - 1
+    return torch.from_numpy(x)[None, None]
+
+
+def read_mask(path: str) -> Any:
+    import numpy as np
+
+    from medsd.data.io import read_image
+
+    img = read_image(path)
+    top = float(2 ** int(img.meta.get("bit_depth") or 8) - 1)
+    return (np.asarray(img.array) / top > 0.5).astype(np.float32)
+
+
+# -- drawing ---------------------------------------------------------------------------------------------------
+def output_type_for(fmt: str, pipe: Any) -> str:
+    if fmt == "png8":
+        return "pil"
+    if fmt == "png16":
+        return "uint16"
+    return "native" if getattr(pipe, "intensity_mapping", None) is not None else "np"
+
+
+def draw(loaded: LoadedModel, specs: list[ImageSpec], s: Settings) -> list[Any]:
+    """One pipeline call for ``specs`` (one generator per image); returns one output image per spec."""
+    import torch
+
+    pipe = loaded.pipe
+    generators = [torch.Generator(device="cpu").manual_seed(sp.seed) for sp in specs]
+    kind = output_type_for(s.format, pipe)
+    common = dict(num_inference_steps=s.num_inference_steps, generator=generators, output_type=kind)
+    if loaded.family == "ddpm":
+        out = pipe(batch_size=len(specs), **common)
+    elif loaded.family == "text2xray":
+        kw: dict[str, Any] = {}
+        if s.guidance_scale is not None:
+            kw["guidance_scale"] = s.guidance_scale
+        out = pipe(
+            [sp.prompt for sp in specs],
+            negative_prompt=s.negative_prompt,
+            height=s.height,
+            width=s.width,
+            **common,
+            **kw,
+        )
+    else:
+        mapping = getattr(pipe, "intensity_mapping", None)
+        image = torch.cat([read_condition(sp.condition, mapping) for sp in specs])
+        mask = None
+        if any(sp.mask for sp in specs):
+            import numpy as np
+
+            if not all(sp.mask for sp in specs):
+                raise GenerateError("inpainting: every condition image needs a mask (--mask)")
+            mask = np.stack([read_mask(sp.mask) for sp in specs])
+        out = pipe(
+            image=image,
+            mask=mask,
+            task=s.task,
+            sampler=None if s.scheduler == "default" else s.scheduler,
+            keep_known_pixels=s.keep_known_pixels,
+            image_size=s.image_size,
+            **common,
+        )
+    return list(out.images)
+
+
+def write_image(img: Any, path_stem: Path, fmt: str) -> Path:
+    import numpy as np
+
+    from medsd.data import io
+
+    if fmt == "png8":
+        path = path_stem.with_suffix(".png")
+        img.save(path)
+    elif fmt == "png16":
+        path = io.write_png16(path_stem.with_suffix(".png"), np.asarray(img))
+    elif fmt == "dicom":
+        path = io.write_dicom_secondary_capture(
+            path_stem.with_suffix(".dcm"), np.asarray(img), description="synthetic image (medsd)"
+        )
+    else:
+        path = path_stem.with_suffix(".npy")
+        np.save(path, np.asarray(img, dtype=np.float32))
+    return path
+
+
+def sidecar(
+    loaded: LoadedModel, spec: ImageSpec, s: Settings, image_file: str, batch: list[ImageSpec] | None
+) -> dict:
+    import medsd
+
+    d: dict[str, Any] = {
+        "medsd_sidecar_version": SIDECAR_VERSION,
+        "image": image_file,
+        **loaded.record,
+        "family": loaded.family,
+        "index": spec.index,
+        "seed": spec.seed,
+        "scheduler": s.scheduler,
+        "scheduler_class": None if loaded.family == "cddpm" else type(loaded.pipe.scheduler).__name__,
+        "num_inference_steps": s.num_inference_steps,
+        "format": s.format,
+        "dtype": s.dtype,
+        "device": str(loaded.pipe.device),
+        "medsd_version": medsd.__version__,
+    }
+    if loaded.family == "text2xray":
+        d.update(
+            prompt=spec.prompt,
+            negative_prompt=s.negative_prompt,
+            guidance_scale=s.guidance_scale,
+            height=s.height,
+            width=s.width,
+        )
+    if loaded.family == "cddpm":
+        d.update(
+            condition=spec.condition,
+            condition_sha256=file_sha256(spec.condition) if spec.condition else None,
+            mask=spec.mask,
+            mask_sha256=file_sha256(spec.mask) if spec.mask else None,
+            task=s.task or getattr(loaded.pipe, "task", None),
+            keep_known_pixels=s.keep_known_pixels,
+            image_size=s.image_size,
+        )
+    d["batch_invariant"] = batch is None
+    if batch is not None:  # drawn together with others: regeneration redraws the batch
+        d["batch"] = {
+            "position": batch.index(spec),
+            "images": [dataclasses.asdict(b) for b in batch],
+        }
+    return d
+
+
+def generate(
+    loaded: LoadedModel,
+    specs: list[ImageSpec],
+    s: Settings,
+    out: Path,
+    prefix: str,
+    batch_size: int,
+    batch_invariant: bool,
+    names: dict[int, str] | None = None,
+    keep: set[int] | None = None,
+) -> list[Path]:
+    """Draw ``specs`` and write each image with its sidecar; returns the image paths."""
+    from tqdm.auto import tqdm
+
+    loaded.pipe.set_progress_bar_config(leave=False, desc="denoising")
+    step = 1 if batch_invariant else max(1, batch_size)
+    written: list[Path] = []
+    todo = keep if keep is not None else {sp.index for sp in specs}
+    with tqdm(total=len(todo), desc="generating", unit="image") as bar:
+        for start in range(0, len(specs), step):
+            batch = specs[start : start + step]
+            images = draw(loaded, batch, s)
+            for spec, img in zip(batch, images):
+                if spec.index not in todo:
+                    continue
+                stem = out / (names or {}).get(spec.index, f"{prefix}_{spec.index:05d}")
+                path = write_image(img, stem, s.format)
+                meta = sidecar(loaded, spec, s, path.name, None if batch_invariant else batch)
+                with open(stem.with_suffix(".json"), "w") as f:
+                    json.dump(meta, f, indent=1)
+                written.append(path)
+                bar.update(1)
+    return written
+
+
+# -- the two entry points: new images, or images from sidecars -------------------------------------------------
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise GenerateError(f"--out {out} is a file; expected a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"--out {out} is not empty; pass --overwrite to write into it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise GenerateError(
+                f"--device {requested}: CUDA is not available on this machine; use --device cpu"
+            )
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        pf = Path(args.prompt_file)
+        if not pf.is_file():
+            raise GenerateError(f"--prompt_file {pf} does not exist")
+        prompts += [line.strip() for line in pf.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise GenerateError("a text-to-X-ray model needs --prompt TEXT or --prompt_file FILE")
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_sidecar:
+        return run_from_sidecars(args)
+    if args.num_images is not None and args.num_images < 1:
+        raise GenerateError(f"--num_images must be >= 1, got {args.num_images}")
+    if args.batch_size < 1:
+        raise GenerateError(f"--batch_size must be >= 1, got {args.batch_size}")
+    out = Path(args.out)
+    _prepare_out(out, args.overwrite)
+    loaded = load_model(args.model, _device(args.device), args.dtype)
+    apply_scheduler(loaded, args.scheduler)
+    fam = loaded.family
+    n = args.num_images or DEFAULT_NUM_IMAGES[fam]
+    specs: list[ImageSpec] = []
+    if fam == "ddpm":
+        specs = [ImageSpec(k, args.seed + k) for k in range(n)]
+    elif fam == "text2xray":
+        for prompt in _prompts(args):
+            for _ in range(n):
+                k = len(specs)
+                specs.append(ImageSpec(k, args.seed + k, prompt=prompt))
+    else:
+        for cond, mask in list_conditions(args.condition, args.mask, args.condition_column):
+            for _ in range(n):
+                k = len(specs)
+                specs.append(ImageSpec(k, args.seed + k, condition=cond, mask=mask))
+    s = Settings(
+        family=fam,
+        scheduler=args.scheduler,
+        num_inference_steps=None,
+        guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        task=args.task,
+        keep_known_pixels=args.keep_known_pixels == "true",
+        image_size=args.image_size,
+        format=args.format,
+        dtype=args.dtype,
+    )
+    s.num_inference_steps = args.num_inference_steps or default_steps(loaded, s)
+    if fam == "text2xray" and s.guidance_scale is None:
+        from medsd.pipelines.text2xray import DEFAULT_GUIDANCE_SCALE
+
+        s.guidance_scale = float(loaded.pipe.info.get("default_guidance_scale") or DEFAULT_GUIDANCE_SCALE)
+    written = generate(loaded, specs, s, out, args.prefix, args.batch_size, args.batch_invariant == "true")
+    print(f"wrote {len(written)} {fam} images (and a NAME.json sidecar for each) to {out}")
+    return 0
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise GenerateError(f"--from_sidecar {p} does not exist")
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise GenerateError(f"--from_sidecar {p}: not JSON ({e})") from None
+    missing = [k for k in ("model", "family", "seed", "index", "format") if k not in d]
+    if not isinstance(d, dict) or d.get("medsd_sidecar_version") != SIDECAR_VERSION or missing:
+        raise GenerateError(
+            f"--from_sidecar {p}: not a medsd sidecar (missing {missing or 'medsd_sidecar_version'})"
+        )
+    return d
+
+
+def _check_hashes(loaded: LoadedModel, d: dict[str, Any], path: str, ignore: bool) -> None:
+    for key in ("weights_sha256", "base_model_weights_sha256"):
+        if d.get(key) and loaded.record.get(key) != d[key] and not ignore:
+            raise GenerateError(
+                f"{path}: the weights of {d['model']} changed since the image was made ({key} "
+                f"{d[key][:12]}... now {str(loaded.record.get(key))[:12]}...); pass --ignore_weights_hash to regenerate anyway"
+            )
+    for key in ("condition", "mask"):
+        if d.get(key):
+            if not Path(d[key]).is_file():
+                raise GenerateError(f"{path}: the {key} image {d[key]} is gone")
+            if file_sha256(d[key]) != d.get(f"{key}_sha256") and not ignore:
+                raise GenerateError(f"{path}: the {key} image {d[key]} changed since the image was made")
+
+
+def run_from_sidecars(args: argparse.Namespace) -> int:
+    """Regenerate the images of ``--from_sidecar`` files (same names, new sidecars) into ``--out``."""
+    out = Path(args.out)
+    _prepare_out(out, args.overwrite)
+    docs = [(p, read_sidecar(p)) for p in args.from_sidecar]
+    cache: dict[tuple, LoadedModel] = {}
+    device = _device(args.device) if args.device else None
+    total = 0
+    for path, d in docs:
+        dev = device or d.get("device") or _device(None)
+        key = (d["model"], dev, d.get("dtype", "float32"), d.get("scheduler", "default"))
+        if key not in cache:
+            loaded = load_model(d["model"], dev, d.get("dtype", "float32"))
+            apply_scheduler(loaded, d.get("scheduler", "default"))
+            if loaded.family != d["family"]:
+                raise GenerateError(f"{path}: {d['model']} is now a {loaded.family} model, not {d['family']}")
+            cache[key] = loaded
+        loaded = cache[key]
+        _check_hashes(loaded, d, str(path), args.ignore_weights_hash)
+        s = Settings(
+            family=d["family"],
+            scheduler=d.get("scheduler", "default"),
+            num_inference_steps=d.get("num_inference_steps"),
+            guidance_scale=d.get("guidance_scale"),
+            negative_prompt=d.get("negative_prompt"),
+            height=d.get("height"),
+            width=d.get("width"),
+            task=d.get("task"),
+            keep_known_pixels=d.get("keep_known_pixels", True),
+            image_size=d.get("image_size"),
+            format=d["format"],
+            dtype=d.get("dtype", "float32"),
+        )
+        if d.get("batch"):
+            specs = [ImageSpec(**b) for b in d["batch"]["images"]]
+            spec = specs[d["batch"]["position"]]
+        else:
+            spec = ImageSpec(d["index"], d["seed"], d.get("prompt"), d.get("condition"), d.get("mask"))
+            specs = [spec]
+        name = Path(d.get("image") or f"image_{spec.index:05d}").stem
+        total += len(
+            generate(
+                loaded,
+                specs,
+                s,
+                out,
+                "image",
+                batch_size=len(specs),
+                batch_invariant=not d.get("batch"),
+                names={spec.index: name},
+                keep={spec.index},
+            )
+        )
+    print(f"regenerated {total} image(s) from sidecars into {out}")
+    return 0

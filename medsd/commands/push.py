@@ -1,0 +1,40 @@
+"""``medsd push OUTPUT_DIR --repo_id NAME/REPO``: upload a finished model to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "push",
+        help="upload a trained model folder to the Hugging Face Hub (private by default)",
+        description="Upload a finished medsd output folder (model, card; no checkpoints or logs) to the Hub. "
+        "Refused when the memorisation audit of a `medsd eval` report (OUTPUT_DIR/eval/report.json or "
+        "--eval_report) found near-copies of training images, unless --allow_memorised.",
+    )
+    p.add_argument("output_dir", help="a finished training output folder")
+    p.add_argument("--repo_id", required=True, help="NAME/REPO on the Hub")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="Hub token (default: HF_TOKEN or `huggingface-cli login`); never printed",
+    )
+    p.add_argument("--public", action="store_true", help="make the repo public (default: private)")
+    p.add_argument("--eval_report", default=None, help="a `medsd eval` report.json for the card and the gate")
+    p.add_argument("--allow_memorised", action="store_true", help="push even if the audit found near-copies")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medsd.training.hub import push_folder
+
+    push_folder(
+        args.output_dir,
+        args.repo_id,
+        token=args.token,
+        private=not args.public,
+        allow_memorised=args.allow_memorised,
+        eval_report=args.eval_report,
+    )
+    return 0
