@@ -347,7 +347,9 @@ def stock_train_unconditional(
         model_cls=type(model),
         model_config=model.config,
     )
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=num_train_timesteps, beta_schedule="linear", prediction_type="epsilon"
     )
@@ -442,10 +444,17 @@ def stock_train_text_to_image_lora(
     unet.requires_grad_(False)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
     torch.manual_seed(cfg["seed"])
     unet.add_adapter(
-        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+        LoraConfig(
+            r=4,
+            lora_alpha=4,
+            init_lora_weights="gaussian",
+            target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+        )
     )
     unet.to(accelerator.device, dtype=weight_dtype)
     vae.to(accelerator.device, dtype=weight_dtype)
@@ -454,7 +463,9 @@ def stock_train_text_to_image_lora(
         cast_training_params(unet, dtype=torch.float32)
     lora_layers = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(lora_layers, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    dataset = load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(work / "hf-cache"), split="train")
+    dataset = load_dataset(
+        "imagefolder", data_dir=str(folder), cache_dir=str(work / "hf-cache"), split="train"
+    )
     res = cfg["sd_resolution"]
     train_transforms = transforms.Compose(
         [
@@ -469,20 +480,32 @@ def stock_train_text_to_image_lora(
     def preprocess_train(examples: dict[str, Any]) -> dict[str, Any]:
         examples["pixel_values"] = [train_transforms(image.convert("RGB")) for image in examples["image"]]
         examples["input_ids"] = tokenizer(
-            examples["text"], max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
+            examples["text"],
+            max_length=tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
         return examples
 
     def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        pixel_values = torch.stack([e["pixel_values"] for e in examples]).to(memory_format=torch.contiguous_format).float()
+        pixel_values = (
+            torch.stack([e["pixel_values"] for e in examples])
+            .to(memory_format=torch.contiguous_format)
+            .float()
+        )
         return {"pixel_values": pixel_values, "input_ids": torch.stack([e["input_ids"] for e in examples])}
 
     train_dataset = dataset.with_transform(preprocess_train)
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset, shuffle=True, collate_fn=collate_fn, batch_size=cfg["sd_batch"], num_workers=0
     )
-    lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=cfg["steps"])
-    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, train_dataloader, lr_scheduler)
+    lr_scheduler = get_scheduler(
+        "constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=cfg["steps"]
+    )
+    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        unet, optimizer, train_dataloader, lr_scheduler
+    )
     device = accelerator.device
     record: dict[str, list[float]] = {"step_s": [], "data_s": [], "loss": []}
     global_step = 0
@@ -501,7 +524,9 @@ def stock_train_text_to_image_lora(
                 latents = latents * vae.config.scaling_factor
                 noise = torch.randn_like(latents)
                 bsz = latents.shape[0]
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=latents.device).long()
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (bsz,), device=latents.device
+                ).long()
                 noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
                 encoder_hidden_states = text_encoder(batch["input_ids"], return_dict=False)[0]
                 model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
@@ -608,6 +633,7 @@ def ddpm_config(cfg: dict[str, Any], folder: Path, work: Path, model: str):
         adam_weight_decay=1e-6,
         use_ema=True,
         random_flip=True,
+        data_split="all",  # every image, as the stock loop reads them
         num_validation_images=1,
         validation_inference_steps=1,
         **common_train_settings(cfg, work, model),
@@ -643,12 +669,22 @@ def run_training_workload(
                 stock_mem = max(stock_mem, mem.peak)
             else:
                 medsd_mem = max(medsd_mem, mem.peak)
-            log(f"  {name} round {r + 1} {side}: median {1e3 * _median(store[-1]['step_s'][cfg['warmup']:]):.0f} ms/step")
+            log(
+                f"  {name} round {r + 1} {side}: median {1e3 * _median(store[-1]['step_s'][cfg['warmup'] :]):.0f} ms/step"
+            )
     medsd_prec = _precision_name(resolve_mixed_precision(cfg["medsd_precision"]))
     stock = summarise_training(
-        stock_rounds, batch, cfg["warmup"], flops, peaks[cfg["stock_precision"]], stock_mem, cfg["stock_precision"]
+        stock_rounds,
+        batch,
+        cfg["warmup"],
+        flops,
+        peaks[cfg["stock_precision"]],
+        stock_mem,
+        cfg["stock_precision"],
     )
-    medsd = summarise_training(medsd_rounds, batch, cfg["warmup"], flops, peaks[medsd_prec], medsd_mem, medsd_prec)
+    medsd = summarise_training(
+        medsd_rounds, batch, cfg["warmup"], flops, peaks[medsd_prec], medsd_mem, medsd_prec
+    )
     return finish(name, stock, medsd, "img_s")
 
 
@@ -661,7 +697,9 @@ def finish(name: str, stock: dict[str, Any], medsd: dict[str, Any], key: str) ->
     return out
 
 
-def training_flops(model: torch.nn.Module, batch: int, channels: int, resolution: int, cond: int = 0) -> float:
+def training_flops(
+    model: torch.nn.Module, batch: int, channels: int, resolution: int, cond: int = 0
+) -> float:
     x = torch.randn(batch, channels + cond, resolution, resolution)
     t = torch.randint(0, 1000, (batch,))
 
@@ -694,7 +732,9 @@ def workload_ddpm(name: str, preset: str, ctx: dict[str, Any]) -> dict[str, Any]
         return medsd_train(DDPMTask, ddpm_config(cfg, ctx["images"], ctx["work"], preset))
 
     flops = training_flops(build_unet(preset, sample_size=res), batch, 1, res)
-    out = run_training_workload(name, cfg, stock_round, medsd_round, flops, batch, device, ctx["peaks"], ctx["log"])
+    out = run_training_workload(
+        name, cfg, stock_round, medsd_round, flops, batch, device, ctx["peaks"], ctx["log"]
+    )
     out["model"] = preset
     return out
 
@@ -728,14 +768,19 @@ def workload_cddpm(ctx: dict[str, Any]) -> dict[str, Any]:
             adam_weight_decay=1e-6,
             use_ema=True,
             random_flip=True,
+            data_split="all",
             num_validation_images=1,
             validation_inference_steps=1,
             **common_train_settings(cfg, ctx["work"], "cddpm"),
         )
         return medsd_train(CDDPMTask, config)
 
-    flops = training_flops(build_unet(preset, sample_size=res, in_channels=2, out_channels=1), batch, 1, res, cond=1)
-    out = run_training_workload("cddpm", cfg, stock_round, medsd_round, flops, batch, ctx["device"], ctx["peaks"], ctx["log"])
+    flops = training_flops(
+        build_unet(preset, sample_size=res, in_channels=2, out_channels=1), batch, 1, res, cond=1
+    )
+    out = run_training_workload(
+        "cddpm", cfg, stock_round, medsd_round, flops, batch, ctx["device"], ctx["peaks"], ctx["log"]
+    )
     out["model"] = f"{preset} (sr x4)"
     return out
 
@@ -744,7 +789,9 @@ def sd_base(ctx: dict[str, Any]) -> Path:
     from medsd.pipelines.random_sd import save_random_sd_pipeline
 
     if "sd_base" not in ctx:
-        ctx["sd_base"] = save_random_sd_pipeline(ctx["work"] / f"sd-{ctx['cfg']['sd_size']}", size=ctx["cfg"]["sd_size"])
+        ctx["sd_base"] = save_random_sd_pipeline(
+            ctx["work"] / f"sd-{ctx['cfg']['sd_size']}", size=ctx["cfg"]["sd_size"]
+        )
         ctx["sd_folder"] = captioned_folder(ctx["images"], ctx["work"])
     return ctx["sd_base"]
 
@@ -774,7 +821,9 @@ def workload_sd_lora(ctx: dict[str, Any]) -> dict[str, Any]:
         return medsd_train(SDLoRATask, config)
 
     flops = sd_step_flops(base, batch, res)
-    out = run_training_workload("sd_lora", cfg, stock_round, medsd_round, flops, batch, ctx["device"], ctx["peaks"], ctx["log"])
+    out = run_training_workload(
+        "sd_lora", cfg, stock_round, medsd_round, flops, batch, ctx["device"], ctx["peaks"], ctx["log"]
+    )
     out["model"] = f"random SD ({cfg['sd_size']}), LoRA r4, {res} px"
     return out
 
@@ -853,10 +902,14 @@ def workload_sample_ddpm(ctx: dict[str, Any]) -> dict[str, Any]:
 
     def run_medsd() -> Any:
         g = torch.Generator(device="cpu").manual_seed(0)
-        return med(batch_size=b, num_inference_steps=steps, generator=g, output_type="np", autocast_dtype=dtype).images
+        return med(
+            batch_size=b, num_inference_steps=steps, generator=g, output_type="np", autocast_dtype=dtype
+        ).images
 
     ta, tb, ma, mb = _time_calls(run_stock, run_medsd, cfg["sample_rounds"], device)
-    flops = steps * count_flops(lambda: unet(torch.randn(b, 1, cfg["resolution"], cfg["resolution"], device=device), 10))
+    flops = steps * count_flops(
+        lambda: unet(torch.randn(b, 1, cfg["resolution"], cfg["resolution"], device=device), 10)
+    )
     peaks = ctx["peaks"]
     out = finish(
         "sample_ddpm",
@@ -930,15 +983,39 @@ def workload_sample_sd(ctx: dict[str, Any]) -> dict[str, Any]:
 
     def run_stock() -> Any:
         g = torch.Generator(device="cpu").manual_seed(0)
-        return stock(prompts, num_inference_steps=steps, guidance_scale=4.0, height=res, width=res, generator=g, output_type="np").images
+        return stock(
+            prompts,
+            num_inference_steps=steps,
+            guidance_scale=4.0,
+            height=res,
+            width=res,
+            generator=g,
+            output_type="np",
+        ).images
 
     def run_medsd() -> Any:
         g = torch.Generator(device="cpu").manual_seed(0)
-        return med(prompts, num_inference_steps=steps, guidance_scale=4.0, height=res, width=res, generator=g, output_type="np").images
+        return med(
+            prompts,
+            num_inference_steps=steps,
+            guidance_scale=4.0,
+            height=res,
+            width=res,
+            generator=g,
+            output_type="np",
+        ).images
 
     ta, tb, ma, mb = _time_calls(run_stock, run_medsd, cfg["sample_rounds"], device)
-    lat = torch.randn(2 * b, stock.unet.config.in_channels, res // stock.vae_scale_factor, res // stock.vae_scale_factor, device=device)
-    hidden = torch.randn(2 * b, stock.tokenizer.model_max_length, stock.text_encoder.config.hidden_size, device=device)
+    lat = torch.randn(
+        2 * b,
+        stock.unet.config.in_channels,
+        res // stock.vae_scale_factor,
+        res // stock.vae_scale_factor,
+        device=device,
+    )
+    hidden = torch.randn(
+        2 * b, stock.tokenizer.model_max_length, stock.text_encoder.config.hidden_size, device=device
+    )
     flops = steps * count_flops(lambda: stock.unet(lat, 10, hidden))
     peaks = ctx["peaks"]
     out = finish(
@@ -982,7 +1059,9 @@ def workload_fast_vs_ddpm1000(ctx: dict[str, Any]) -> dict[str, Any]:
         return med(batch_size=b, generator=g, output_type="np", autocast_dtype=dtype).images
 
     ta, tb, ma, mb = _time_calls(run_stock, run_medsd, 1, device)
-    one = count_flops(lambda: unet(torch.randn(b, 1, cfg["resolution"], cfg["resolution"], device=device), 10))
+    one = count_flops(
+        lambda: unet(torch.randn(b, 1, cfg["resolution"], cfg["resolution"], device=device), 10)
+    )
     peaks = ctx["peaks"]
     out = finish(
         "fast_vs_ddpm1000",
@@ -1007,8 +1086,8 @@ def workload_time_to_quality(ctx: dict[str, Any]) -> dict[str, Any]:
     from medsd.metrics.distribution import frechet_distance
     from medsd.metrics.features import get_extractor
     from medsd.pipelines.ddpm import MedDDPMPipeline
-    from medsd.training.ddpm import DDPMTask, DDPMTrainConfig
     from medsd.training.core import train
+    from medsd.training.ddpm import DDPMTask, DDPMTrainConfig
 
     cfg, a = ctx["cfg"], ctx["args"]
     csv = NIH / "metadata.csv"
@@ -1049,10 +1128,12 @@ def workload_time_to_quality(ctx: dict[str, Any]) -> dict[str, Any]:
         resolution=res,
         split="test",
         patient_column="patient_id" if source.endswith(".csv") else None,
-        phantom_count=max(a.ttq_num_images * 2, 16),
+        phantom_count=max(a.ttq_num_images * 10, 20),  # about a tenth of the phantoms is the test split
     )
     real_ds, _ = build_dataset(held)
     n = min(a.ttq_num_images, len(real_ds))
+    if n < 2:
+        raise SystemExit(f"time_to_quality: only {n} held-out image(s) in {source}")
     real = np.stack([(real_ds[i]["pixel_values"][0].numpy() + 1) / 2 for i in range(n)])
     extractor = get_extractor("radiomics", size=res)
     real_feats = extractor(real)
@@ -1061,7 +1142,9 @@ def workload_time_to_quality(ctx: dict[str, Any]) -> dict[str, Any]:
     while minutes * 60 < deadline:
         step += a.ttq_segment_steps
         config = DDPMTrainConfig(
-            **base, max_train_steps=step, resume_from_checkpoint="latest" if step > a.ttq_segment_steps else None,
+            **base,
+            max_train_steps=step,
+            resume_from_checkpoint="latest" if step > a.ttq_segment_steps else None,
             overwrite_output_dir=True,
         )
         _reset_accelerate()
@@ -1072,7 +1155,9 @@ def workload_time_to_quality(ctx: dict[str, Any]) -> dict[str, Any]:
         pipe = MedDDPMPipeline.from_pretrained(out_dir)
         pipe.set_progress_bar_config(disable=True)
         g = torch.Generator().manual_seed(0)
-        fake = pipe(batch_size=n, generator=g, output_type="np", autocast_dtype=medsd_autocast_dtype(ctx)).images
+        fake = pipe(
+            batch_size=n, generator=g, output_type="np", autocast_dtype=medsd_autocast_dtype(ctx)
+        ).images
         fake = np.asarray(fake)[..., 0] if np.asarray(fake).ndim == 4 else np.asarray(fake)
         fd = frechet_distance(real_feats, extractor(fake))
         curve.append({"step": step, "train_minutes": minutes, "radiomics_fd": fd})
@@ -1130,7 +1215,9 @@ def format_table(results: list[dict[str, Any]]) -> str:
     for r in results:
         if r["workload"] == "time_to_quality":
             pts = ", ".join(f"{c['train_minutes']:.1f} min: {c['radiomics_fd']:.1f}" for c in r["curve"])
-            lines.append(f"| time_to_quality | {r['model']} | medsd | | | | | | | FD {pts} | {r['ratio']:.2f} (FD / 58) |")
+            lines.append(
+                f"| time_to_quality | {r['model']} | medsd | | | | | | | FD {pts} | {r['ratio']:.2f} (FD / 58) |"
+            )
             continue
         for side in ("stock", "medsd"):
             s = r[side]
@@ -1146,18 +1233,32 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CI): checks that every workload runs")
     p.add_argument("--out", required=True, help="folder for compare.json and compare.md")
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, from {WORKLOADS + OPTIONAL_WORKLOADS}")
-    p.add_argument("--workload", default=None, help="one workload (e.g. time_to_quality); overrides --workloads")
-    p.add_argument("--data", default=None, help="image folder for the data path (default: ../shared/data/nih_cxr14, else phantoms); 'phantom' forces phantoms")
+    p.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, from {WORKLOADS + OPTIONAL_WORKLOADS}",
+    )
+    p.add_argument(
+        "--workload", default=None, help="one workload (e.g. time_to_quality); overrides --workloads"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="image folder for the data path (default: ../shared/data/nih_cxr14, else phantoms); 'phantom' forces phantoms",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
     p.add_argument("--steps", type=int, default=None, help="training steps per round")
     p.add_argument("--rounds", type=int, default=None, help="interleaved stock/medsd rounds")
     p.add_argument("--warmup", type=int, default=None, help="steps per round left out of the step time")
-    p.add_argument("--lr_warmup", type=int, default=None, help="LR warm-up steps (both sides; default steps // 4)")
+    p.add_argument(
+        "--lr_warmup", type=int, default=None, help="LR warm-up steps (both sides; default steps // 4)"
+    )
     p.add_argument("--stock_precision", default="no", help="stock --mixed_precision (its default: no)")
     p.add_argument("--medsd_precision", default="auto", help="medsd --mixed_precision (its default: auto)")
     p.add_argument("--channels_last", action="store_true", help="medsd --channels_last (a lever)")
@@ -1169,11 +1270,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g = p.add_argument_group("time_to_quality")
     g.add_argument("--ttq_minutes", type=float, default=60.0, help="training budget in minutes")
     g.add_argument("--ttq_segment_steps", type=int, default=500, help="steps between FD evaluations")
-    g.add_argument("--ttq_max_segments", type=int, default=0, help="stop after this many segments (0: time only)")
+    g.add_argument(
+        "--ttq_max_segments", type=int, default=0, help="stop after this many segments (0: time only)"
+    )
     g.add_argument("--ttq_num_images", type=int, default=64, help="samples and held-out images for the FD")
-    g.add_argument("--ttq_resolution", type=int, default=None, help="default: --resolution (use 128 for the goal)")
+    g.add_argument(
+        "--ttq_resolution", type=int, default=None, help="default: --resolution (use 128 for the goal)"
+    )
     g.add_argument("--ttq_model", default="light-ct", help="medsd model preset")
-    g.add_argument("--ttq_data", default=None, help="metadata CSV (default: ../shared/data/nih_cxr14/metadata.csv)")
+    g.add_argument(
+        "--ttq_data", default=None, help="metadata CSV (default: ../shared/data/nih_cxr14/metadata.csv)"
+    )
     return p.parse_args(argv)
 
 
@@ -1184,7 +1291,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--device cuda: no CUDA device is available")
     size = "smoke" if args.smoke else ("cuda" if device.type == "cuda" else "cpu")
     cfg = dict(SIZES[size])
-    for k in ("steps", "rounds", "warmup", "resolution", "batch", "num_images", "sample_batch", "sample_steps", "unet"):
+    for k in (
+        "steps",
+        "rounds",
+        "warmup",
+        "resolution",
+        "batch",
+        "num_images",
+        "sample_batch",
+        "sample_steps",
+        "unet",
+    ):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
     cfg.update(
@@ -1200,7 +1317,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [args.workload] if args.workload else [w for w in args.workloads.split(",") if w]
     unknown = set(names) - set(WORKLOADS + OPTIONAL_WORKLOADS)
     if unknown:
-        raise SystemExit(f"--workloads: unknown {sorted(unknown)}; choose from {WORKLOADS + OPTIONAL_WORKLOADS}")
+        raise SystemExit(
+            f"--workloads: unknown {sorted(unknown)}; choose from {WORKLOADS + OPTIONAL_WORKLOADS}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -1218,7 +1337,15 @@ def main(argv: list[str] | None = None) -> int:
             "bf16": matmul_peak(device, torch.bfloat16),
         }
         peaks["fp16"] = matmul_peak(device, torch.float16) if device.type == "cuda" else peaks["no"]
-        ctx = {"cfg": cfg, "device": device, "images": images, "work": work, "peaks": peaks, "log": log, "args": args}
+        ctx = {
+            "cfg": cfg,
+            "device": device,
+            "images": images,
+            "work": work,
+            "peaks": peaks,
+            "log": log,
+            "args": args,
+        }
         runners: dict[str, Callable[[], dict[str, Any]]] = {
             "ddpm_unet2d": lambda: workload_ddpm("ddpm_unet2d", cfg["unet"], ctx),
             "ddpm_light": lambda: workload_ddpm("ddpm_light", cfg["light"], ctx),
