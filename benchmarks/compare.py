@@ -217,7 +217,9 @@ def summarise_training(
         tail = losses[len(losses) // 2 :] or losses
         tails.append(sum(tail) / len(tail))
     loss = sum(tails) / len(tails)
-    spread = statistics.pstdev(tails) if len(tails) > 1 else 0.0
+    # standard error of the tail mean: the per-step loss varies with the sampled timesteps
+    last = [x for r in rounds for x in r["loss"][len(r["loss"]) // 2 :]]
+    spread = statistics.stdev(last) / math.sqrt(len(last)) if len(last) > 1 else 0.0
     return {
         "ms_step": 1e3 * step,
         "img_s": batch / step,
