@@ -88,6 +88,7 @@ class MedDDPMPipeline(MedUNetPipeline):
         output_type: str = "pil",
         image_size: int | tuple[int, int] | None = None,
         return_dict: bool = True,
+        autocast_dtype: torch.dtype | None = None,
     ) -> MedImagePipelineOutput | tuple:
         """Sample ``batch_size`` images.
 
@@ -96,6 +97,8 @@ class MedDDPMPipeline(MedUNetPipeline):
             output_type: "pil" (mode "L"), "np" (float in [0, 1]), "pt" (tensor in [-1, 1]), "uint16",
                 or "native" (original units, e.g. HU, through the saved intensity mapping).
             image_size: output size (int or (H, W)); defaults to the U-Net's ``sample_size``.
+            autocast_dtype: run the U-Net under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``,
+                2x faster on CPUs with native bf16); the sampler's arithmetic stays in the image dtype.
         """
         size = image_size or self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else size
@@ -112,7 +115,8 @@ class MedDDPMPipeline(MedUNetPipeline):
         step_kwargs = {"generator": generator} if takes_generator else {}
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(image, t)
-            model_output = self.unet(model_input, t).sample
+            with torch.autocast(image.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                model_output = self.unet(model_input, t).sample.to(image.dtype)
             image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
 
         images = postprocess(image, output_type, self.intensity_mapping)

@@ -54,7 +54,8 @@ class TrainResult:
 
 
 def resolve_mixed_precision(requested: str) -> str | None:
-    """'auto' picks bf16 on GPUs that support it, fp16 on other CUDA GPUs, and no on CPU.
+    """'auto' picks bf16 on GPUs that support it, fp16 on other CUDA GPUs, bf16 on CPUs with native
+    bf16 (``precision.cpu_has_native_bf16``) and no on other CPUs.
 
     Returns None when accelerate's own configuration (``accelerate launch --mixed_precision``) should
     decide, so a precision given to accelerate is honoured.
@@ -63,9 +64,9 @@ def resolve_mixed_precision(requested: str) -> str | None:
         return requested
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
         return None
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
+    from .precision import auto_mixed_precision
+
+    return auto_mixed_precision()
 
 
 def weight_dtype_for(accelerator: Any) -> torch.dtype:
