@@ -209,3 +209,25 @@ def test_scale_lr_leaves_the_config_and_the_saved_yaml_unchanged(tmp_path):
     assert load_yaml(result.output_dir / "training_config.yaml")["learning_rate"] == 1e-2
     summary = json.loads((result.output_dir / "train_summary.json").read_text())
     assert summary["learning_rate"] == pytest.approx(1e-2 * 4)  # x batch 4, 1 process, no accumulation
+
+
+def test_seed_fixes_the_initial_weights(tmp_path):
+    """Two identical commands give identical weights: the U-Net is built after set_seed (issue #12)."""
+    from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
+
+    def run(name: str, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1234 + len(name))  # whatever the global RNG was before, --seed decides
+        cfg = DDPMTrainConfig(
+            output_dir=str(tmp_path / name), resolution=16, phantom_count=8, data_split="all",
+            model="light-tiny", train_batch_size=4, max_train_steps=1, checkpointing_steps=0,
+            validation_steps=0, report_to="none", progress_bar=False, mixed_precision="no", seed=seed,
+        )  # fmt: skip
+        result = train_ddpm(cfg)
+        from safetensors.torch import load_file
+
+        (weights,) = (result.output_dir / "unet").glob("*.safetensors")
+        return load_file(weights)
+
+    a, b, c = run("a", 0), run("bb", 0), run("c", 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, parse_config
-from .core import TrainingTask, diffusion_target, train
+from .core import TrainingTask, diffusion_target, seeded_task, train
 from .data_args import DataArgs, build_training_data
 from .model_card import write_model_card
 
@@ -255,7 +255,7 @@ def restoration_grid(rows: list[torch.Tensor], pad: int = 2) -> Any:
 
 def train_cddpm(config: CDDPMTrainConfig):
     """Train and save a :class:`~medsd.pipelines.cddpm.MedCDDPMPipeline` into ``config.output_dir``."""
-    return train(CDDPMTask(config), config)
+    return train(seeded_task(CDDPMTask, config), config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -35,6 +36,8 @@ from .checkpoints import (
 )
 from .config import TrainConfig, save_config
 from .task import PREDICTION_TYPES, BatchSource, TrainingTask, default_collate, diffusion_target
+
+TaskT = TypeVar("TaskT", bound=TrainingTask)
 
 logger = logging.getLogger("medsd.training")
 
@@ -419,6 +422,14 @@ class Trainer:
         return self.finish()
 
 
+def seeded_task(task_cls: Callable[[Any], TaskT], config: TrainConfig) -> TaskT:
+    """``task_cls(config)`` built after ``set_seed(config.seed)``, so ``--seed`` fixes the initial weights."""
+    from accelerate.utils import set_seed
+
+    set_seed(config.seed)
+    return task_cls(config)
+
+
 def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
     """Run (or resume) training of ``task`` under ``config`` and save the final model."""
     return Trainer(task, config).run()
@@ -480,6 +491,7 @@ def _loggable(v: Any) -> Any:
 
 
 __all__ = [
+    "seeded_task",
     "CHECKPOINT_PREFIX",
     "FINISHED_MARKERS",
     "PREDICTION_TYPES",

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, parse_config
-from .core import TrainingTask, diffusion_target, train
+from .core import TrainingTask, diffusion_target, seeded_task, train
 from .data_args import DataArgs, build_training_data
 from .model_card import write_model_card
 
@@ -188,7 +188,7 @@ class DDPMTask(TrainingTask):
 
 def train_ddpm(config: DDPMTrainConfig):
     """Train and save a :class:`~medsd.pipelines.ddpm.MedDDPMPipeline` into ``config.output_dir``."""
-    return train(DDPMTask(config), config)
+    return train(seeded_task(DDPMTask, config), config)
 
 
 def main(argv: list[str] | None = None) -> int:

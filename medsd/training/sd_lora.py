@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, parse_config
-from .core import TrainingTask, TrainResult, train, weight_dtype_for
+from .core import TrainingTask, TrainResult, seeded_task, train, weight_dtype_for
 from .data_args import DataArgs, data_config, is_jsonl_imagefolder
 from .model_card import write_model_card
 
@@ -746,7 +746,7 @@ class SDLoRATask(TrainingTask):
 
 def train_sd_lora(config: SDLoRATrainConfig) -> TrainResult:
     """Train (or resume) a LoRA as ``config`` says; the library entry point."""
-    return train(SDLoRATask(config), config)
+    return train(seeded_task(SDLoRATask, config), config)
 
 
 def main(argv: list[str] | None = None) -> int:
