@@ -976,10 +976,9 @@ def workload_sample_sd(ctx: dict[str, Any]) -> dict[str, Any]:
     stock = StableDiffusionPipeline.from_pretrained(base, safety_checker=None).to(device)
     stock.scheduler = DPMSolverMultistepScheduler.from_config(stock.scheduler.config)
     stock.set_progress_bar_config(disable=True)
-    inner = StableDiffusionPipeline.from_pretrained(base, safety_checker=None).to(device)
-    inner.scheduler = DPMSolverMultistepScheduler.from_config(inner.scheduler.config)
-    med = TextToXRayPipeline(inner)
-    inner.set_progress_bar_config(disable=True)
+    med = TextToXRayPipeline.from_pretrained(base, safety_checker=None).to(device)
+    med.scheduler = DPMSolverMultistepScheduler.from_config(med.scheduler.config)
+    med.set_progress_bar_config(disable=True)
     b, steps, res = min(cfg["sample_batch"], 4), cfg["sd_sample_steps"], cfg["sd_resolution"]
     prompts = ["a chest x-ray"] * b
 

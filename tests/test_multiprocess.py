@@ -162,10 +162,9 @@ def test_multi_gpu_without_gpus_stops_at_once_with_one_line(tmp_path):
 
 
 def _launch_args(config: str):
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from medsd.training.compat import parse_launch_config
 
-    args = launch_command_parser().parse_args(["--config_file", str(CONFIGS / config), "train.py"])
-    return _validate_launch_command(args)
+    return parse_launch_config(str(CONFIGS / config))
 
 
 def test_deepspeed_zero2_config_parses_and_builds_its_plugin():

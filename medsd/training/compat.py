@@ -7,6 +7,7 @@ fails with a one-line :class:`~medsd.errors.MedsdError` naming the versions when
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 
 from packaging.version import Version
 
@@ -63,3 +64,19 @@ def reset_accelerate_state() -> None:
         )
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def parse_launch_config(config_file: str, script: str = "train.py") -> tuple[Any, Any, Any]:
+    """``accelerate launch --config_file CONFIG SCRIPT`` parsed and validated as accelerate does it.
+
+    Returns accelerate's ``(args, config, mp_from_config_flag)``. accelerate exposes the parser but not the
+    validation step (private ``_validate_launch_command``), which this adapter checks for.
+    """
+    from accelerate.commands import launch
+
+    if not hasattr(launch, "_validate_launch_command"):
+        raise IncompatibleVersionsError(
+            f"accelerate {metadata.version('accelerate')} has no _validate_launch_command; {TESTED_SET_HINT}"
+        )
+    args = launch.launch_command_parser().parse_args(["--config_file", str(config_file), script])
+    return launch._validate_launch_command(args)
