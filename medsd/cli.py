@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "xray_table",
     "cddpm_eval",
     "reader_study",
+    "tstr",
 ]
 
 
