@@ -204,7 +204,16 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
     log(f"loaded real={len(real)} fake={len(fake)}" + (f" train={len(train)}" if train else ""))
     report: dict = {
         "medsd_eval_version": 1,
-        "settings": _clean(asdict(cfg)),
+        "settings": _clean(
+            {
+                k: (
+                    v
+                    if v is None or isinstance(v, (str, int, float, bool, list))
+                    else f"<{type(v).__name__}>"
+                )
+                for k, v in asdict(cfg).items()
+            }
+        ),
         "preprocessing": "grayscale; integer images / dtype max (8-bit: /255), float images min-max; centre crop to "
         f"square; bilinear antialiased resize to {cfg.size}x{cfg.size}; intensities in [0, 1]",
         "subsampling": "none"
