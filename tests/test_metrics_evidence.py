@@ -268,7 +268,7 @@ def test_stratified_subsample_labels_and_patients():
     assert stratified_subsample(10, None) == list(range(10))
 
 
-def test_load_subsampled_reads_only_the_chosen_rows(tmp_path):
+def test_load_subsampled_reads_only_the_chosen_rows(tmp_path, monkeypatch):
     from PIL import Image
 
     rows = []
@@ -286,6 +286,10 @@ def test_load_subsampled_reads_only_the_chosen_rows(tmp_path):
     assert s.source == str(tmp_path)
     p = load_subsampled(str(tmp_path / "metadata.csv"), size=32, max_images=4, seed=0, label="P")
     assert p.labels == ["P"] * 4
+    # a relative CSV path (as `--real ../shared/data/x/metadata.csv`) works too
+    monkeypatch.chdir(tmp_path.parent)
+    rel = load_subsampled(f"{tmp_path.name}/metadata.csv", size=32, max_images=5, seed=0)
+    assert len(rel) == 5
 
 
 def test_degenerate_rule_is_size_aware():

@@ -8,6 +8,7 @@ label's share over as many patients as possible, at random with a fixed seed.
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -144,7 +145,7 @@ def load_subsampled(
             for i in idx:
                 r = dict(rows[i])
                 p = Path(r[filename_column])
-                r[filename_column] = str(p if p.is_absolute() else csv_path.parent / p)
+                r[filename_column] = os.path.abspath(p if p.is_absolute() else csv_path.parent / p)
                 w.writerow(r)
         out = load_image_set(str(sub), **kw)
     out.source = str(spec)
