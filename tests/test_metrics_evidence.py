@@ -305,3 +305,27 @@ def test_degenerate_rule_is_size_aware():
         noise = rng.integers(0, 256, (8, size, size)).astype(np.uint8)
         assert degenerate_mask(noise).all()
         assert degenerate_mask(np.full((2, size, size), 128, np.uint8)).all()
+
+
+def test_lpips_runs_with_a_user_weights_file(tmp_path):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from medsd.metrics import MissingWeightsError, paired_metrics
+    from medsd.metrics.paired import lpips
+
+    # a backbone file of the right architecture (random weights here; a user gives the pretrained one)
+    torch.manual_seed(0)
+    path = tmp_path / "alexnet-backbone.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    a = _chest(range(2), size=64)
+    b = _chest(range(10, 12), size=64)
+    same = lpips(a, a, weights=str(path))
+    diff = lpips(a, b, weights=str(path))
+    assert same == pytest.approx(0.0, abs=1e-6) and diff > same
+    assert paired_metrics(a, b, with_lpips=True, lpips_weights=str(path))["lpips"] == pytest.approx(diff)
+    with pytest.raises(MissingWeightsError, match="not found"):
+        lpips(a, b, weights=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"nope": torch.zeros(1)}, bad)
+    with pytest.raises(MissingWeightsError, match="lpips_weights"):
+        lpips(a, b, weights=str(bad))
