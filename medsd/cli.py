@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "xray_table",
     "cddpm_eval",
     "reader_study",
+    "tstr",
 ]
 
 

@@ -40,7 +40,9 @@ def test_ablation_trains_the_four_variants_from_one_switch(tmp_path, capsys):
     assert rows["once"]["parameters"] != rows["encoder"]["parameters"]
     for r in rows.values():
         assert (
-            np.isfinite(r["radiomics_fd"]) and 0 <= r["degenerate"] <= 8 and r["train_seconds_per_step"] > 0
+            np.isfinite(r["radiomics_fd_all"])
+            and 0 <= r["degenerate"] <= 8
+            and r["train_seconds_per_step"] > 0
         )
     saved = json.loads((out / "once" / "unet" / "config.json").read_text())
     assert saved["time_embedding"] == "once" and saved["skip_connections"] is True
@@ -49,6 +51,53 @@ def test_ablation_trains_the_four_variants_from_one_switch(tmp_path, capsys):
     assert (
         Image.open(out / "ablation_samples.png").height > Image.open(out / "ablation_samples.png").width / 4
     )
+
+
+@pytest.mark.slow
+def test_ablation_ddpm_sampler_two_seeds_and_config(tmp_path, capsys):
+    out = tmp_path / "abl2"
+    cfg = tmp_path / "abl.yaml"
+    cfg.write_text("resolution: 16\nmax_train_steps: 2\ntrain_batch_size: 4\nnum_samples: 8\nsampler: ddpm\n")
+    code = main(
+        [
+            "ablation",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--variants",
+            "once,every_block",
+            "--seeds",
+            "2",
+        ]
+        + ["--num_inference_steps", "4"]
+    )
+    assert code == 0
+    report = json.loads((out / "ablation.json").read_text())
+    assert report["settings"]["resolution"] == 16 and report["settings"]["sampler"] == "ddpm"
+    assert [(r["variant"], r["seed"]) for r in report["rows"]] == [
+        ("once", 0),
+        ("once", 1),
+        ("every_block", 0),
+        ("every_block", 1),
+    ]
+    assert all(r["sampler"] == "ddpm" and r["num_inference_steps"] == 4 for r in report["rows"])
+    assert (out / "once" / "seed_1" / "unet" / "config.json").is_file()
+    summ = {r["variant"]: r for r in report["summary"]}
+    vals = [r["radiomics_fd_all"] for r in report["rows"] if r["variant"] == "once"]
+    assert summ["once"]["radiomics_fd_all"]["mean"] == pytest.approx(np.mean(vals))
+    assert summ["once"]["radiomics_fd_all"]["std"] == pytest.approx(np.std(vals, ddof=1))
+    assert "±" in (out / "ablation.md").read_text()
+    # the paper-setting config parses and names the paper's model and size
+    import yaml
+
+    paper = yaml.safe_load(open("recipes/configs/ablation_nguyen_light_ct.yaml"))
+    assert paper["model"] == "light-ct" and paper["resolution"] == 236 and paper["sampler"] == "ddpm"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resolutoin: 16\n")
+    capsys.readouterr()
+    assert main(["ablation", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown ablation option(s) ['resolutoin']" in capsys.readouterr().err
 
 
 def test_xray_table_orders_classes(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Reader-study kit: export, then score made-up answer sheets with a known kappa."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -121,5 +122,89 @@ def test_reader_study_cli_round_trip(tmp_path, capsys):
         )
         == 0
     )
-    assert '"accuracy": 1.0' in capsys.readouterr().out
-    assert (tmp_path / "s.json").exists()
+    assert "| r | 6 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["readers"]["r"]["accuracy"] == 1.0
+    assert (tmp_path / "s.md").exists()
+
+
+def test_fleiss_kappa_known_value():
+    from medsd.metrics.reader_study import fleiss_kappa
+
+    # two raters: Fleiss' kappa is Scott's pi; po = 3/4, pooled p = (3/8, 5/8) -> pe = 34/64 -> pi = 7/15
+    a, b = ["real", "real", "fake", "fake"], ["real", "fake", "fake", "fake"]
+    assert fleiss_kappa([list(x) for x in zip(a, b)]) == pytest.approx(7 / 15)
+    assert fleiss_kappa([["x", "x", "x"]] * 3) == 1.0
+    with pytest.raises(ValueError):
+        fleiss_kappa([["a"], ["b"]])
+
+
+def _write_sheet(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "stratum", "answer", "findings"])
+        w.writerows(rows)
+
+
+def test_all_synthetic_per_modality_counts_and_joint_agreement(tmp_path):
+    from medsd.metrics.reader_study import render_scores_markdown
+
+    rng = np.random.default_rng(0)
+    fakes = {"xray": rng.random((5, 16, 16)), "ct": rng.random((4, 16, 16))}
+    info = export_reader_study(None, fakes, tmp_path / "study", n_each=3, design="all_synthetic", seed=2)
+    assert info["n_cases"] == 6 and info["n_real"] == 0
+    assert info["strata"] == {"ct": {"real": 0, "fake": 3}, "xray": {"real": 0, "fake": 3}}
+    with open(tmp_path / "study" / "key.csv") as f:
+        key = list(csv.DictReader(f))
+    with open(tmp_path / "study" / "answer_sheet.csv") as f:
+        sheet = list(csv.DictReader(f))
+    assert {r["truth"] for r in key} == {"fake"}
+    assert list(sheet[0]) == ["case_id", "stratum", "answer", "findings"]
+    assert [r["stratum"] for r in sheet] == [r["stratum"] for r in key]
+    # alice: everything fake, one finding; bob: X-rays real, CT fake
+    _write_sheet(
+        tmp_path / "alice.csv",
+        [(r["case_id"], r["stratum"], "fake", "rib artefact" if i == 0 else "") for i, r in enumerate(key)],
+    )
+    _write_sheet(
+        tmp_path / "bob.csv",
+        [(r["case_id"], r["stratum"], "real" if r["stratum"] == "xray" else "fake", "") for r in key],
+    )
+    s = score_reader_study(tmp_path / "study" / "key.csv", [tmp_path / "alice.csv", tmp_path / "bob.csv"])
+    assert s["design"] == "all_synthetic"
+    assert s["readers"]["alice"]["counts"] == {"fake": 6} and s["readers"]["alice"]["accuracy"] == 1.0
+    assert s["readers"]["bob"]["counts"] == {"fake": 3, "real": 3}
+    assert s["readers"]["bob"]["synthetic_rated_real"] == 3
+    assert s["strata"]["xray"]["readers"]["bob"]["counts"] == {"real": 3}
+    assert s["strata"]["ct"]["joint_agreement"]["unanimous"]["fake"] == 3
+    ja = s["joint_agreement"]
+    assert ja["all_agree"] == 3 and ja["no_consensus"] == 3
+    assert ja["patterns"] == {"fake/fake": 3, "fake/real": 3}
+    assert s["kappa"][0]["kappa"] == pytest.approx(0.0)  # alice constant: po = pe = 1/2
+    assert s["fleiss_kappa"] == pytest.approx(-1 / 3)  # P = 1/2, pe = 0.75² + 0.25² = 0.625
+    assert s["findings"] == [
+        {
+            "reader": "alice",
+            "case_id": key[0]["case_id"],
+            "stratum": key[0]["stratum"],
+            "truth": "fake",
+            "answer": "fake",
+            "findings": "rib artefact",
+        }
+    ]
+    md = render_scores_markdown(s)
+    assert "## stratum xray" in md and "| bob | 3 | 3 | 0 | 0 | 0.00 |" in md and "rib artefact" in md
+    _write_sheet(tmp_path / "bad.csv", [(key[0]["case_id"], "", "maybe", "")])
+    with pytest.raises(ValueError, match="maybe"):
+        score_reader_study(tmp_path / "study" / "key.csv", [tmp_path / "bad.csv"])
+
+
+def test_mixed_design_needs_real_for_every_stratum(tmp_path):
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="ct"):
+        export_reader_study(
+            {"xray": rng.random((3, 8, 8))},
+            {"xray": rng.random((3, 8, 8)), "ct": rng.random((3, 8, 8))},
+            tmp_path,
+        )
+    info = export_reader_study(rng.random((3, 8, 8)), rng.random((3, 8, 8)), tmp_path / "m", design="single")
+    assert info["design"] == "mixed" and info["n_cases"] == 6

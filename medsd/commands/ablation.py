@@ -16,6 +16,9 @@ VARIANTS = {
 }
 
 
+SAMPLERS = ("fast", "ddpm")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ablation",
@@ -24,8 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Trains the four networks of Nguyen et al. (Table I) with the same data, steps, batch size and "
             "learning rate, samples each with the same seed, and writes a comparison table (radiomics "
             "Fréchet distance to held-out real images, degenerate-sample count, parameters, step time) "
-            "and a figure with a row of samples per variant."
+            "and a figure with a row of samples per variant. With --seeds N every variant is trained and "
+            "sampled N times (seeds seed, seed+1, ...) and the table gives mean ± std."
         ),
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML file of these options (e.g. recipes/configs/ablation_nguyen_light_ct.yaml); options given "
+        "on the command line win",
     )
     p.add_argument(
         "--train_data", default="phantom", help="phantom, phantom-ct, a folder, a metadata CSV or hf:ID"
@@ -40,7 +50,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train_batch_size", type=int, default=16)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--num_samples", type=int, default=64, help="samples per variant for the metrics")
-    p.add_argument("--num_inference_steps", type=int, default=25)
+    p.add_argument(
+        "--sampler",
+        default="fast",
+        choices=SAMPLERS,
+        help="fast: medsd's saved DPM-Solver++ sampler (25 steps); ddpm: ancestral DDPM sampling as in the paper "
+        "(all training timesteps unless --num_inference_steps)",
+    )
+    p.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="sampling steps (default: 25 for fast, the training timesteps for ddpm)",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="independent runs per variant (mean ± std over them)")
     p.add_argument("--mixed_precision", default="auto")
     p.add_argument("--patient_column", default=None, help="patient id column of a CSV (patient-level split)")
     p.add_argument("--label_column", default=None)
@@ -49,16 +72,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _apply_config(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill options from ``--config`` (YAML) where the command line left them at their defaults."""
+    if not getattr(args, "config", None):
+        return args
+    import yaml
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of ablation options, got {type(data).__name__}")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    sub = parser.parse_args(["ablation"])
+    known = {k for k in vars(sub) if k != "func"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown ablation option(s) {unknown}; known: {sorted(known)}")
+    for k, v in data.items():
+        if getattr(args, k) == getattr(sub, k):
+            setattr(args, k, v)
+    return args
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
+    from diffusers import DDPMScheduler
 
     from medsd.data import build_dataset
-    from medsd.metrics import count_degenerate, distribution_metrics, extract_features, get_extractor
+    from medsd.metrics import degenerate_mask, distribution_metrics, extract_features, get_extractor
     from medsd.pipelines.ddpm import MedDDPMPipeline
     from medsd.training.data_args import data_config
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
 
+    args = _apply_config(args)
+    if args.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler: expected one of {SAMPLERS}, got {args.sampler!r}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds: expected at least 1, got {args.seeds}")
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -113,53 +167,78 @@ def run(args: argparse.Namespace) -> int:
     real_feats = extract_features(real, extractor, progress=False)
 
     rows, sample_rows = [], {}
+    seeds = [args.seed + i for i in range(args.seeds)]
     for name in names:
         time_embedding, skips, description, paper_fid = VARIANTS[name]
-        cfg = DDPMTrainConfig(
-            **base, output_dir=str(out / name), time_embedding=time_embedding, skip_connections=skips
-        )
-        print(f"== {name}: {description}")
-        result = train_ddpm(cfg)
-        pipe = MedDDPMPipeline.from_pretrained(result.output_dir).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        t0 = time.perf_counter()
-        fake = pipe(
-            batch_size=args.num_samples,
-            num_inference_steps=args.num_inference_steps,
-            generator=torch.Generator().manual_seed(args.seed + 1),
-            output_type="np",
-        ).images
-        sample_s = time.perf_counter() - t0
-        fake_feats = extract_features(fake, extractor, progress=False)
-        dist = distribution_metrics(
-            real_feats, fake_feats, kid_subset_size=min(100, len(fake) // 2, len(real) // 2), seed=args.seed
-        )
-        degenerate = count_degenerate(np.round(fake * 255).astype(np.uint8))
-        rows.append(
-            {
-                "variant": name,
-                "description": description,
-                "time_embedding": time_embedding,
-                "skip_connections": skips,
-                "parameters": sum(p.numel() for p in pipe.unet.parameters()),
-                "train_seconds_per_step": result.seconds / max(result.global_step, 1),
-                "final_train_loss": result.loss_history[-1][1] if result.loss_history else None,
-                "radiomics_fd": dist["frechet_distance"],
-                "kid": dist["kid"],
-                "precision": dist["precision"],
-                "recall": dist["recall"],
-                "degenerate": int(degenerate),
-                "num_samples": len(fake),
-                "sampling_seconds": sample_s,
-                "paper_fid": paper_fid,
-            }
-        )
-        sample_rows[name] = fake[:8]
+        for seed in seeds:
+            run_dir = out / name if args.seeds == 1 else out / name / f"seed_{seed}"
+            cfg = DDPMTrainConfig(
+                **{**base, "seed": seed},
+                output_dir=str(run_dir),
+                time_embedding=time_embedding,
+                skip_connections=skips,
+            )
+            print(f"== {name} (seed {seed}): {description}")
+            result = train_ddpm(cfg)
+            pipe = MedDDPMPipeline.from_pretrained(result.output_dir).to(device)
+            pipe.set_progress_bar_config(disable=True)
+            if args.sampler == "ddpm":
+                pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+            steps = args.num_inference_steps or (
+                pipe.scheduler.config.num_train_timesteps if args.sampler == "ddpm" else 25
+            )
+            t0 = time.perf_counter()
+            fake = pipe(
+                batch_size=args.num_samples,
+                num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(seed + 1),
+                output_type="np",
+            ).images
+            sample_s = time.perf_counter() - t0
+            fake_feats = extract_features(fake, extractor, progress=False)
+            deg = degenerate_mask(np.round(fake * 255).astype(np.uint8), size=args.resolution)
+            dist = distribution_metrics(
+                real_feats,
+                fake_feats,
+                kid_subset_size=min(100, len(fake) // 2, len(real) // 2),
+                seed=seed,
+                scaling=extractor.scaling,
+                fake_degenerate=deg,
+                reference_draws=5,
+            )
+            ref = dist["real_reference"].get("real_vs_real", {}).get("frechet_distance", {})
+            rows.append(
+                {
+                    "variant": name,
+                    "seed": seed,
+                    "description": description,
+                    "time_embedding": time_embedding,
+                    "skip_connections": skips,
+                    "parameters": sum(p.numel() for p in pipe.unet.parameters()),
+                    "train_seconds_per_step": result.seconds / max(result.global_step, 1),
+                    "final_train_loss": result.loss_history[-1][1] if result.loss_history else None,
+                    "sampler": args.sampler,
+                    "num_inference_steps": steps,
+                    "radiomics_fd": dist["frechet_distance"],
+                    "radiomics_fd_all": dist["frechet_distance_all"],
+                    "real_real_fd": ref.get("mean"),
+                    "kid": dist["kid"],
+                    "precision": dist["precision"],
+                    "recall": dist["recall"],
+                    "degenerate": int(deg.sum()),
+                    "num_samples": len(fake),
+                    "sampling_seconds": sample_s,
+                    "paper_fid": paper_fid,
+                }
+            )
+            if seed == seeds[0]:
+                sample_rows[name] = fake[:8]
 
     report = {
         "settings": {k: v for k, v in vars(args).items() if k != "func"},
         "held_out_real_images": n_real,
         "rows": rows,
+        "summary": summarise(rows),
     }
     (out / "ablation.json").write_text(json.dumps(report, indent=1))
     (out / "ablation.md").write_text(render_table(report))
@@ -169,23 +248,69 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+SUMMARY_METRICS = (
+    "radiomics_fd",
+    "radiomics_fd_all",
+    "real_real_fd",
+    "kid",
+    "precision",
+    "recall",
+    "degenerate",
+)
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per variant: mean and sample std (ddof 1; 0 for one seed) of each metric over its seeds."""
+    import numpy as np
+
+    out = []
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == name]
+        row = {k: rs[0][k] for k in ("variant", "description", "parameters", "paper_fid", "num_samples")}
+        row["seeds"] = [r["seed"] for r in rs]
+        row["train_seconds_per_step"] = float(np.mean([r["train_seconds_per_step"] for r in rs]))
+        for m in SUMMARY_METRICS:
+            v = np.array([r[m] for r in rs if r.get(m) is not None], dtype=float)
+            row[m] = {
+                "mean": float(v.mean()) if len(v) else None,
+                "std": float(v.std(ddof=1)) if len(v) > 1 else (0.0 if len(v) else None),
+                "n": int(len(v)),
+            }
+        out.append(row)
+    return out
+
+
+def _ms(x: dict, nd: int = 2) -> str:
+    if x["mean"] is None:
+        return "n/a"
+    return f"{x['mean']:.{nd}f} ± {x['std']:.{nd}f}"
+
+
 def render_table(report: dict) -> str:
     s = report["settings"]
+    rows = report["rows"]
+    steps = rows[0]["num_inference_steps"] if rows else s.get("num_inference_steps")
+    n_seeds = s.get("seeds", 1)
     lines = [
         "# Time-embedding ablation (Nguyen et al., Table I)",
         "",
-        f"Data `{s['train_data']}` at {s['resolution']} px; {s['max_train_steps']} steps, batch {s['train_batch_size']}, "
-        f"lr {s['learning_rate']}, EMA; {s['num_samples']} samples per variant with {s['num_inference_steps']} "
-        f"fast-sampler steps; radiomics Fréchet distance against {report['held_out_real_images']} held-out real images.",
+        f"Data `{s['train_data']}` at {s['resolution']} px, model preset `{s['model']}`; {s['max_train_steps']} "
+        f"steps, batch {s['train_batch_size']}, lr {s['learning_rate']}, EMA; {s['num_samples']} samples per "
+        f"variant with the {s.get('sampler', 'fast')} sampler ({steps} steps); {n_seeds} seed(s) per variant "
+        f"(mean ± std over seeds); radiomics Fréchet distance (medsd distance, robust-scaled, degenerate samples "
+        f"left out; not comparable to the paper's FID) against {report['held_out_real_images']} held-out real "
+        "images, next to real-vs-real at the same sample size.",
         "",
-        "| variant | radiomics FD ↓ | KID ↓ | precision | recall | degenerate | params | s/step | paper FID |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | radiomics FD ↓ | FD real/real | KID ↓ | precision | recall | degenerate | params | s/step "
+        "| paper FID |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in report["rows"]:
+    for r in report.get("summary") or summarise(rows):
         lines.append(
-            f"| {r['variant']} ({r['description']}) | {r['radiomics_fd']:.2f} | {r['kid']:.3f} | {r['precision']:.2f} | "
-            f"{r['recall']:.2f} | {r['degenerate']}/{r['num_samples']} | {r['parameters'] / 1e6:.2f} M | "
-            f"{r['train_seconds_per_step']:.3f} | {r['paper_fid']} |"
+            f"| {r['variant']} ({r['description']}) | {_ms(r['radiomics_fd'])} | {_ms(r['real_real_fd'])} | "
+            f"{_ms(r['kid'], 3)} | {_ms(r['precision'])} | {_ms(r['recall'])} | {_ms(r['degenerate'], 1)} of "
+            f"{r['num_samples']} | {r['parameters'] / 1e6:.2f} M | {r['train_seconds_per_step']:.3f} | "
+            f"{r['paper_fid']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -27,7 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     io.add_argument("--label_column", default="label", help="CSV label column (default: label)")
     io.add_argument("--filename_column", default="filename", help="CSV file-name column (default: filename)")
-    io.add_argument("--max_images", type=int, default=None, help="subsample each set to at most N (seeded)")
+    io.add_argument(
+        "--max_images",
+        type=int,
+        default=None,
+        help="subsample each set to at most N (seeded random; label-proportional and spread over patients for CSVs)",
+    )
     io.add_argument("--size", type=int, default=128, help="working resolution in px (default 128)")
     io.add_argument("--seed", type=int, default=0)
     m = p.add_argument_group("metrics")
@@ -35,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--features",
         nargs="+",
         default=["radiomics"],
-        help="feature extractors: radiomics (default, offline), inception, clip:<arch>[:<tag>], "
-        "clip:biomedclip, xrv",
+        help="feature extractors: radiomics (default, offline; medsd distance, not comparable to published FID), "
+        "inception (standard FID/KID on raw features), clip:<arch>[:<tag>], clip:biomedclip, xrv",
     )
     m.add_argument(
         "--inception_weights",
@@ -60,6 +65,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     m.add_argument(
         "--lpips", action="store_true", help="with --paired: LPIPS (needs torchvision backbone weights)"
+    )
+    m.add_argument(
+        "--lpips_weights",
+        default=None,
+        help="torchvision AlexNet backbone file for LPIPS (alexnet-owt-7be5be79.pth); implies --lpips",
+    )
+    m.add_argument(
+        "--reference_draws",
+        type=int,
+        default=10,
+        help="random draws for the same-size real/real reference (default 10; 0 = none)",
     )
     m.add_argument(
         "--copy_threshold",
@@ -115,7 +131,9 @@ def config_from_args(args):
         diversity_pairs=args.diversity_pairs,
         class_pairs=args.class_pairs,
         paired=args.paired,
-        lpips=args.lpips,
+        lpips=args.lpips or bool(args.lpips_weights),
+        lpips_weights=args.lpips_weights,
+        reference_draws=args.reference_draws,
         downstream=args.downstream,
         downstream_epochs=args.downstream_epochs,
         image_figures=not args.no_image_figures,

@@ -115,16 +115,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"  loss curve   {result.output_dir / 'loss_curve.png'}")
     print(f"  metrics      {out / 'eval' / 'report.md'}")
     if dist:
-        base = dist.get("real_split_half_baseline", {}).get("frechet_distance")
-        base_txt = f" (two halves of real phantoms: {base:.2f})" if base is not None else ""
+        ref = dist.get("real_reference", {}).get("real_vs_real", {}).get("frechet_distance", {})
+        ref_txt = (
+            f" (real vs real phantoms at the same sample size: {ref['mean']:.2f} ± {ref['std']:.2f})"
+            if ref.get("mean") is not None
+            else ""
+        )
+        fd = dist.get("frechet_distance")
+        fd_txt = f"{fd:.2f}" if fd is not None else "n/a (every sample is degenerate)"
         print(
-            f"  radiomics Fréchet distance to held-out phantoms: {dist.get('frechet_distance', float('nan')):.2f}{base_txt}"
+            f"  radiomics Fréchet distance to held-out phantoms: {fd_txt}"
+            f"{ref_txt}; a medsd distance, not comparable to published FID"
         )
     if degenerate:
-        # The rule (neighbour-pixel correlation < 0.8 among others) was set for 128+ px X-rays; small
-        # phantoms with rib texture trip it too, so the real phantoms' count is the reference here.
         print(
-            f"  flagged by the degenerate-image rule: samples {degenerate['fake_fraction']:.1%}, "
+            f"  degenerate images (collapsed, blank or noise; left out of the distance): samples "
+            f"{degenerate['fake']} of {report['sets']['fake']['n_images']} ({degenerate['fake_fraction']:.1%}), "
             f"held-out real phantoms {degenerate['real_fraction']:.1%}"
         )
     return 0

@@ -1,7 +1,11 @@
 """``medsd reader_study``: export a blinded real-vs-synthetic reader study, and score the readers' answer sheets.
 
-medsd reader_study export --real DIR --fake DIR --out STUDY [--n 50] [--design single|2afc] [--size 256]
+medsd reader_study export --real DIR --fake DIR --out STUDY [--n 50] [--design mixed|all_synthetic|2afc]
+medsd reader_study export --design all_synthetic --fake xray=DIR --fake ct=DIR --n 20 --out STUDY
 medsd reader_study score --key STUDY/key.csv --answers reader1.csv reader2.csv [--out scores.json]
+
+``--real``/``--fake`` may be repeated as ``STRATUM=SOURCE`` (e.g. per modality); every stratum is sampled on its
+own (``--n`` cases per class and stratum) and scored on its own too.
 """
 
 from __future__ import annotations
@@ -16,19 +20,39 @@ HELP = "export a blinded real-vs-synthetic reader study, or score its answer she
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     e = sub.add_parser("export", help="write shuffled blinded images, answer_sheet.csv and key.csv")
-    e.add_argument("--real", required=True, help="real images (folder, CSV or hf:<id>)")
-    e.add_argument("--fake", required=True, help="synthetic images (folder, CSV or hf:<id>)")
+    e.add_argument(
+        "--real",
+        action="append",
+        default=None,
+        help="real images (folder, CSV or hf:<id>), or STRATUM=SOURCE, repeatable; not needed for all_synthetic",
+    )
+    e.add_argument(
+        "--fake",
+        action="append",
+        required=True,
+        help="synthetic images (folder, CSV or hf:<id>), or STRATUM=SOURCE, repeatable (e.g. xray=DIR ct=DIR)",
+    )
     e.add_argument("--out", required=True, help="study folder")
     e.add_argument("--real_label", default=None)
     e.add_argument("--fake_label", default=None)
-    e.add_argument("--n", type=int, default=50, help="images per class (real and fake) or pairs (default 50)")
-    e.add_argument("--design", choices=["single", "2afc"], default="single")
+    e.add_argument(
+        "--n", type=int, default=50, help="cases per class (real, fake) and stratum, or pairs (default 50)"
+    )
+    e.add_argument(
+        "--design",
+        choices=["mixed", "all_synthetic", "2afc", "single"],
+        default="mixed",
+        help="mixed: real and fake shuffled (single is its old name); all_synthetic: every case synthetic "
+        "(Spot the fake lungs); 2afc: real/fake pairs",
+    )
     e.add_argument("--size", type=int, default=256, help="exported image size in px (default 256)")
     e.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("score", help="per-reader accuracy and Cohen's kappa between readers")
     s.add_argument("--key", required=True, help="key.csv written by export")
     s.add_argument("--answers", nargs="+", required=True, help="filled answer sheets (reader = file name)")
-    s.add_argument("--out", default=None, help="write the scores as JSON here")
+    s.add_argument(
+        "--out", default=None, help="write the scores as JSON here (and the tables as .md beside it)"
+    )
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -38,25 +62,53 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _strata(specs: list[str] | None) -> dict[str, str]:
+    """``["xray=DIR", "ct=DIR"]`` -> ``{"xray": DIR, "ct": DIR}``; a single plain source -> ``{"all": source}``."""
+    out: dict[str, str] = {}
+    for spec in specs or []:
+        name, eq, src = spec.partition("=")
+        if not eq or not name or "/" in name or not src:
+            name, src = "all", spec
+        if name in out:
+            raise ValueError(f"stratum {name!r} given twice (use STRATUM=SOURCE for several sources)")
+        out[name] = src
+    if "all" in out and len(out) > 1:
+        raise ValueError("give every source as STRATUM=SOURCE when there are several")
+    return out
+
+
 def run(args) -> int:
+    from pathlib import Path
+
     from medsd.metrics.io import load_image_set
-    from medsd.metrics.reader_study import export_reader_study, score_reader_study
+    from medsd.metrics.reader_study import export_reader_study, render_scores_markdown, score_reader_study
 
     try:
         if args.action == "export":
-            real = load_image_set(args.real, size=args.size, label=args.real_label)
-            fake = load_image_set(args.fake, size=args.size, label=args.fake_label)
+            design = "mixed" if args.design == "single" else args.design
+            fakes = _strata(args.fake)
+            reals = _strata(args.real)
+            if design != "all_synthetic" and not reals:
+                raise ValueError(f"--design {design} needs --real")
+            if design == "all_synthetic":
+                reals = {}
+            fset = {k: load_image_set(v, size=args.size, label=args.fake_label) for k, v in fakes.items()}
+            rset = {k: load_image_set(v, size=args.size, label=args.real_label) for k, v in reals.items()}
             info = export_reader_study(
-                real.images,
-                fake.images,
+                {k: v.images for k, v in rset.items()} or None,
+                {k: v.images for k, v in fset.items()},
                 args.out,
                 n_each=args.n,
-                design=args.design,
+                design=design,
                 seed=args.seed,
-                real_sources=real.paths or None,
-                fake_sources=fake.paths or None,
+                real_sources={k: v.paths for k, v in rset.items() if v.paths} or None,
+                fake_sources={k: v.paths for k, v in fset.items() if v.paths} or None,
             )
-            print(f"wrote {info['n_cases']} cases to {args.out} (keep {args.out}/key.csv away from readers)")
+            strata = ", ".join(f"{k}: {v['fake']} fake + {v['real']} real" for k, v in info["strata"].items())
+            print(
+                f"wrote {info['n_cases']} cases ({info['design']}; {strata}) to {args.out} "
+                f"(keep {args.out}/key.csv away from readers)"
+            )
             return 0
         scores = score_reader_study(args.key, list(args.answers))
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
@@ -66,7 +118,8 @@ def run(args) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
-    print(text)
+        Path(args.out).with_suffix(".md").write_text(render_scores_markdown(scores))
+    print(render_scores_markdown(scores))
     return 0
 
 

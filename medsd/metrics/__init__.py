@@ -9,9 +9,19 @@ from .distribution import (
     frechet_distance,
     kernel_inception_distance,
     precision_recall,
+    real_reference,
+    robust_scale,
+    scale_features,
     standardise,
 )
-from .diversity import count_degenerate, degenerate_mask, mean_pairwise_ms_ssim, neighbour_correlation
+from .diversity import (
+    count_degenerate,
+    degenerate_mask,
+    degenerate_rule,
+    mean_pairwise_ms_ssim,
+    neighbour_corr_threshold,
+    neighbour_correlation,
+)
 from .downstream import downstream_utility, train_classifier
 from .evaluate import EvalConfig, evaluate
 from .features import (
@@ -25,10 +35,29 @@ from .features import (
 )
 from .io import ImageSet, load_image_set
 from .memorisation import memorisation_audit, ncc_matrix, nearest_by_ncc
-from .paired import acutance, class_set_table, lpips, mae, ms_ssim, paired_metrics, psnr, ssim
-from .reader_study import cohen_kappa, export_reader_study, score_reader_study
+from .paired import acutance, class_set_table, edge_sharpness, lpips, mae, ms_ssim, paired_metrics, psnr, ssim
+from .reader_study import (
+    cohen_kappa,
+    export_reader_study,
+    fleiss_kappa,
+    joint_agreement,
+    render_scores_markdown,
+    score_reader_study,
+)
+from .subsample import load_subsampled, stratified_subsample
 
 __all__ = [
+    "stratified_subsample",
+    "load_subsampled",
+    "render_scores_markdown",
+    "joint_agreement",
+    "fleiss_kappa",
+    "edge_sharpness",
+    "neighbour_corr_threshold",
+    "degenerate_rule",
+    "scale_features",
+    "robust_scale",
+    "real_reference",
     "EvalConfig",
     "FeatureExtractor",
     "ImageSet",

@@ -24,6 +24,42 @@ def standardise(real: np.ndarray, *others: np.ndarray, eps: float = 1e-8):
     return tuple(out)
 
 
+ROBUST_CLIP = 5.0
+
+
+def robust_scale(real: np.ndarray, *others: np.ndarray, clip: float | None = ROBUST_CLIP, eps: float = 1e-8):
+    """Scale all feature sets by the *real* set's per-feature median and IQR/1.349 (a robust std), then clip.
+
+    One collapsed image whose kurtosis is 10,000 real-std out can no longer dominate a Fréchet distance: after
+    scaling every value is clipped to ``[-clip, clip]`` (``None``: no clipping). Features with zero IQR in the
+    real set fall back to the std, then to 1. Returns ``(real_s, *others_s)``.
+    """
+    real = np.asarray(real, dtype=np.float64)
+    med = np.median(real, axis=0)
+    q75, q25 = np.percentile(real, [75, 25], axis=0)
+    sd = (q75 - q25) / 1.349
+    std = real.std(axis=0)
+    sd = np.where(sd > eps, sd, np.where(std > eps, std, 1.0))
+    out = [(real - med) / sd] + [(np.asarray(o, dtype=np.float64) - med) / sd for o in others]
+    if clip is not None:
+        out = [np.clip(o, -clip, clip) for o in out]
+    return tuple(out)
+
+
+SCALINGS = ("raw", "standard", "robust")
+
+
+def scale_features(real: np.ndarray, *others: np.ndarray, scaling: str = "robust"):
+    """Apply one of :data:`SCALINGS`: ``raw`` (as is: standard FID/KID), ``standard`` (real z-score), ``robust``."""
+    if scaling == "raw":
+        return tuple(np.asarray(x, dtype=np.float64) for x in (real, *others))
+    if scaling == "standard":
+        return standardise(real, *others)
+    if scaling == "robust":
+        return robust_scale(real, *others)
+    raise ValueError(f"scaling: expected one of {SCALINGS}, got {scaling!r}")
+
+
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]`` (hand-written: works on any features).
 
@@ -135,6 +171,66 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict:
     return {"precision": precision, "recall": recall, "k": k}
 
 
+def _kid_mean(a, b, subsets, subset_size, seed) -> float:
+    return kernel_inception_distance(a, b, subsets=subsets, subset_size=subset_size, seed=seed)[0]
+
+
+def _pr_or_none(real, fake, k) -> dict:
+    if len(real) <= k or len(fake) <= k:
+        return {"precision": None, "recall": None}
+    return precision_recall(real, fake, k=k)
+
+
+def _mean_std(vals) -> dict:
+    v = np.asarray([x for x in vals if x is not None], dtype=np.float64)
+    if len(v) == 0:
+        return {"mean": None, "std": None}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
+def real_reference(
+    real: np.ndarray,
+    fake: np.ndarray,
+    draws: int = 10,
+    k: int = 3,
+    kid_subsets: int = 10,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """What "no difference" looks like at the comparison's own sample size, with its spread over ``draws``.
+
+    Each draw splits the (already scaled) real set at random into ``A`` (``n_real - n_b`` images) and ``B``
+    (``n_b = min(n_fake, n_real // 2)``) and computes the metrics for real ``A`` vs real ``B`` *and* for real
+    ``A`` vs ``n_b`` fake images drawn at random: the two rows have identical sample sizes, so they can be
+    compared directly (FD has a finite-sample bias that depends on the sizes). Returns mean and std per metric.
+    """
+    real = np.asarray(real, dtype=np.float64)
+    fake = np.asarray(fake, dtype=np.float64)
+    n_b = min(len(fake), len(real) // 2)
+    n_a = len(real) - n_b
+    if n_b < 2 or n_a < 2:
+        return {"skipped": f"too few images for a same-size reference (real {len(real)}, fake {len(fake)})"}
+    rng = np.random.default_rng(seed + 7919)
+    rows: dict[str, dict[str, list]] = {
+        "real_vs_real": {"frechet_distance": [], "kid": [], "precision": [], "recall": []},
+        "fake_vs_real": {"frechet_distance": [], "kid": [], "precision": [], "recall": []},
+    }
+    for d in range(draws):
+        perm = rng.permutation(len(real))
+        a, b = real[perm[n_b:]], real[perm[:n_b]]
+        f = fake[np.sort(rng.choice(len(fake), n_b, replace=False))]
+        for key, other in (("real_vs_real", b), ("fake_vs_real", f)):
+            r = rows[key]
+            r["frechet_distance"].append(frechet_distance(a, other))
+            r["kid"].append(_kid_mean(a, other, kid_subsets, kid_subset_size, seed + d))
+            pr = _pr_or_none(a, other, k)
+            r["precision"].append(pr["precision"])
+            r["recall"].append(pr["recall"])
+    out = {key: {m: _mean_std(v) for m, v in r.items()} for key, r in rows.items()}
+    out.update({"n_a_real": int(n_a), "n_b": int(n_b), "draws": int(draws)})
+    return out
+
+
 def distribution_metrics(
     real_feats: np.ndarray,
     fake_feats: np.ndarray,
@@ -142,45 +238,91 @@ def distribution_metrics(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
-    standardize: bool = True,
+    scaling: str = "robust",
+    fake_degenerate: np.ndarray | None = None,
+    standard: bool = False,
+    reference_draws: int = 10,
+    standardize: bool | None = None,
 ) -> dict:
-    """Fréchet distance, KID (mean/std) and precision/recall between two feature sets (real-standardised)."""
-    if standardize:
-        real_feats, fake_feats = standardise(real_feats, fake_feats)
-    kid, kid_std = kernel_inception_distance(
-        real_feats, fake_feats, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+    """Fréchet distance, KID (mean/std), precision/recall and a same-size real/real reference.
+
+    ``scaling`` (:data:`SCALINGS`): ``raw`` for the standard FID/KID on raw features (Inception), ``robust``
+    (default) or ``standard`` for medsd's own feature sets. ``fake_degenerate`` (bool per fake image) marks
+    degenerate images: they are counted apart, left out of the medsd distances (the headline FD/KID are those of
+    the non-degenerate images, ``*_all`` of all), and count as *outside* the real manifold for ``precision``
+    (``recall`` uses the non-degenerate images only, so a collapsed sampler cannot cover the real set by
+    scattering outliers). With ``standard=True`` the headline numbers are those of all images (the published
+    FID protocol). ``standardize`` is the old switch (``True`` = ``standard``, ``False`` = ``raw``).
+    """
+    if standardize is not None:
+        scaling = "standard" if standardize else "raw"
+    real_raw = np.asarray(real_feats, dtype=np.float64)
+    fake_raw = np.asarray(fake_feats, dtype=np.float64)
+    deg = np.zeros(len(fake_raw), bool) if fake_degenerate is None else np.asarray(fake_degenerate, bool)
+    if deg.shape != (len(fake_raw),):
+        raise ValueError(f"fake_degenerate: expected {len(fake_raw)} flags, got shape {deg.shape}")
+    real, fake = scale_features(real_raw, fake_raw, scaling=scaling)
+    ok = fake[~deg]
+    n_ok = len(ok)
+
+    def _fd_kid(r, f):
+        if len(f) < 2:
+            return None, None, None
+        kid, kid_std = kernel_inception_distance(
+            r, f, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+        )
+        return frechet_distance(r, f), kid, kid_std
+
+    fd_all, kid_all, kid_std_all = _fd_kid(real, fake)
+    if deg.any():
+        fd_ok, kid_ok, kid_std_ok = _fd_kid(real, ok)
+    else:
+        fd_ok, kid_ok, kid_std_ok = fd_all, kid_all, kid_std_all
+    pr = _pr_or_none(real, ok, k)
+    precision = None if pr["precision"] is None else pr["precision"] * n_ok / max(len(fake), 1)
+    head_fd, head_kid, head_kid_std = (
+        (fd_all, kid_all, kid_std_all) if standard else (fd_ok, kid_ok, kid_std_ok)
     )
-    pr = precision_recall(real_feats, fake_feats, k=k)
-    # reference: the same metrics between two random halves of the real set (what "no difference" looks like at
-    # this sample size; note both halves have half the samples, so the finite-sample bias of FD is larger)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(real_feats))
-    h1, h2 = real_feats[perm[: len(perm) // 2]], real_feats[perm[len(perm) // 2 :]]
-    baseline = {}
-    if len(h1) > k + 1:
-        baseline = {
-            "frechet_distance": frechet_distance(h1, h2),
-            "kid": kernel_inception_distance(
-                h1, h2, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
-            )[0],
-            "n_each": int(len(h1)),
-        }
+    reference = (
+        real_reference(
+            real,
+            fake if standard else ok,
+            draws=reference_draws,
+            k=k,
+            kid_subset_size=kid_subset_size,
+            seed=seed,
+        )
+        if reference_draws > 0
+        else {"skipped": "reference_draws=0"}
+    )
+    m = min(kid_subset_size, len(real), max(len(fake) if standard else n_ok, 0))
     return {
-        "frechet_distance": frechet_distance(real_feats, fake_feats),
-        "real_split_half_baseline": baseline,
-        "kid": kid,
-        "kid_std": kid_std,
-        "precision": pr["precision"],
+        "frechet_distance": head_fd,
+        "kid": head_kid,
+        "kid_std": head_kid_std,
+        "precision": precision,
         "recall": pr["recall"],
+        "precision_non_degenerate": pr["precision"],
+        "frechet_distance_all": fd_all,
+        "kid_all": kid_all,
+        "frechet_distance_non_degenerate": fd_ok,
+        "kid_non_degenerate": kid_ok,
+        "n_degenerate_fake": int(deg.sum()),
+        "real_reference": reference,
+        "comparable_to_published": bool(standard and scaling == "raw"),
         "settings": {
-            "standardised_with": "real mean/std" if standardize else None,
+            "scaling": scaling,
+            "robust_clip": ROBUST_CLIP if scaling == "robust" else None,
+            "standard": bool(standard),
+            "headline_uses": "all fake images" if standard else "non-degenerate fake images",
             "k": k,
-            "kid_subsets": 1 if len(real_feats) == len(fake_feats) <= kid_subset_size else kid_subsets,
-            "kid_subset_size": int(min(kid_subset_size, len(real_feats), len(fake_feats))),
+            "kid_subsets": 1 if m == len(real) and m == (len(fake) if standard else n_ok) else kid_subsets,
+            "kid_subset_size": int(m),
             "kid_kernel": "(x.y/d + 1)^3",
-            "n_real": int(len(real_feats)),
-            "n_fake": int(len(fake_feats)),
-            "dim": int(np.asarray(real_feats).shape[1]),
+            "n_real": int(len(real)),
+            "n_fake": int(len(fake)),
+            "n_fake_non_degenerate": int(n_ok),
+            "dim": int(real.shape[1]),
             "seed": seed,
         },
     }

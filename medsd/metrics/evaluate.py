@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .features import extract_features, get_extractor
-from .io import ImageSet, load_image_set
+from .io import ImageSet
+from .subsample import load_subsampled
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -42,6 +43,8 @@ class EvalConfig:
     class_pairs: int = 500
     paired: bool = False
     lpips: bool = False
+    lpips_weights: str | None = None
+    reference_draws: int = 10
     downstream: bool = False
     downstream_epochs: int = 15
     image_figures: bool = True
@@ -77,7 +80,13 @@ def _set_summary(s: ImageSet) -> dict:
     labels = {}
     for lab in s.labels:
         labels[str(lab)] = labels.get(str(lab), 0) + 1
-    return {"source": s.source, "n_images": len(s), "labels": labels}
+    pids = [p for p in (s.patient_ids or []) if p]
+    return {
+        "source": s.source,
+        "n_images": len(s),
+        "labels": labels,
+        "n_patients": len(set(pids)) if pids else None,
+    }
 
 
 def mosaic(images01: list[np.ndarray] | np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
@@ -189,23 +198,50 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
         seed=cfg.seed,
         progress=cfg.progress,
     )
-    real = load_image_set(cfg.real, label=cfg.real_label, **load)
-    fake = load_image_set(cfg.fake, label=cfg.fake_label, **load)
-    train = load_image_set(cfg.train, label=cfg.train_label, **load) if cfg.train else None
+    real = load_subsampled(cfg.real, label=cfg.real_label, **load)
+    fake = load_subsampled(cfg.fake, label=cfg.fake_label, **load)
+    train = load_subsampled(cfg.train, label=cfg.train_label, **load) if cfg.train else None
     log(f"loaded real={len(real)} fake={len(fake)}" + (f" train={len(train)}" if train else ""))
     report: dict = {
         "medsd_eval_version": 1,
-        "settings": _clean(asdict(cfg)),
+        "settings": _clean(
+            {
+                k: (
+                    v
+                    if v is None or isinstance(v, (str, int, float, bool, list))
+                    else f"<{type(v).__name__}>"
+                )
+                for k, v in asdict(cfg).items()
+            }
+        ),
         "preprocessing": "grayscale; integer images / dtype max (8-bit: /255), float images min-max; centre crop to "
         f"square; bilinear antialiased resize to {cfg.size}x{cfg.size}; intensities in [0, 1]",
+        "subsampling": "none"
+        if cfg.max_images is None
+        else f"at most {cfg.max_images} per set, seeded (seed {cfg.seed}), label-proportional and spread over "
+        "patients when the source is a metadata CSV (medsd.metrics.subsample)",
         "sets": {"real": _set_summary(real), "fake": _set_summary(fake)},
         "figures": {},
     }
     if train is not None:
         report["sets"]["train"] = _set_summary(train)
 
-    # 3. distribution metrics per extractor
-    from .distribution import distribution_metrics, standardise
+    # 3. degenerate images first: they are counted apart and left out of medsd's own distances
+    from .diversity import degenerate_mask, degenerate_rule
+
+    real_deg = degenerate_mask(real.to_uint8(), size=cfg.size)
+    fake_deg = degenerate_mask(fake.to_uint8(), size=cfg.size)
+    report["degenerate"] = {
+        "rule": degenerate_rule(cfg.size),
+        "real": int(real_deg.sum()),
+        "fake": int(fake_deg.sum()),
+        "real_fraction": float(real_deg.mean()) if len(real) else 0.0,
+        "fake_fraction": float(fake_deg.mean()) if len(fake) else 0.0,
+        "fake_indices": np.flatnonzero(fake_deg).tolist(),
+    }
+
+    # 4. distribution metrics per extractor
+    from .distribution import distribution_metrics, scale_features, standardise
 
     report["distribution"] = {}
     feats_cache: dict = {}
@@ -213,11 +249,32 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
         fr = extract_features(real.images, ext, cache_dir, real.fingerprint(), progress=cfg.progress)
         ff = extract_features(fake.images, ext, cache_dir, fake.fingerprint(), progress=cfg.progress)
         feats_cache[name] = (fr, ff)
+        standard = bool(getattr(ext, "standard", False))
+        scaling = getattr(ext, "scaling", "standard")
         d = distribution_metrics(
-            fr, ff, k=cfg.k, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed
+            fr,
+            ff,
+            k=cfg.k,
+            kid_subsets=cfg.kid_subsets,
+            kid_subset_size=cfg.kid_subset_size,
+            seed=cfg.seed,
+            scaling=scaling,
+            standard=standard,
+            fake_degenerate=fake_deg,
+            reference_draws=cfg.reference_draws,
         )
         d["extractor"] = {"name": name, "config": ext.config}
-        rz, fz = standardise(fr, ff)
+        d["names"] = (
+            {"fd": "FID", "kid": "KID", "note": "standard FID/KID on raw features, all images"}
+            if standard
+            else {
+                "fd": f"FD ({name})",
+                "kid": f"KD ({name})",
+                "note": f"medsd distance on {scaling}-scaled {name} features, degenerate images left out; "
+                "not comparable to published FID",
+            }
+        )
+        rz, fz = standardise(fr, ff) if scaling == "raw" else scale_features(fr, ff, scaling=scaling)
         names = ext.feature_names() if hasattr(ext, "feature_names") else None
         smd = fz.mean(0) - rz.mean(0)
         top = np.argsort(-np.abs(smd))[:10]
@@ -227,34 +284,34 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
         ]
         safe = name.replace(":", "_").replace("/", "_")
         report["figures"][f"features_{safe}"] = os.path.relpath(
-            feature_plots(rz, fz, names, fig_dir / f"features_{safe}.png", f"{name} features (standardised)"),
+            feature_plots(
+                rz, fz, names, fig_dir / f"features_{safe}.png", f"{name} features (scaled by real)"
+            ),
             out,
         )
         report["distribution"][name] = d
         log(
-            f"[{name}] FD={d['frechet_distance']:.3f} KID={d['kid']:.4f} P={d['precision']:.3f} R={d['recall']:.3f}"
+            f"[{name}] {d['names']['fd']}={_f(d['frechet_distance'], 3)} {d['names']['kid']}={_f(d['kid'])} "
+            f"P={_f(d['precision'], 3)} R={_f(d['recall'], 3)} (degenerate fake images: {d['n_degenerate_fake']})"
         )
 
-    # 4. quality: degenerate images and diversity
-    from .diversity import count_degenerate, mean_pairwise_ms_ssim
+    # 5. diversity
+    from .diversity import mean_pairwise_ms_ssim
 
-    report["degenerate"] = {
-        "rule": "mean<25 or mean>230 (of 255), or std<10, or horizontal neighbour-pixel correlation<0.8",
-        "real": count_degenerate(real.to_uint8()),
-        "fake": count_degenerate(fake.to_uint8()),
-        "real_fraction": count_degenerate(real.to_uint8()) / max(len(real), 1),
-        "fake_fraction": count_degenerate(fake.to_uint8()) / max(len(fake), 1),
-    }
     report["diversity_ms_ssim"] = {
         "note": "mean pairwise MS-SSIM within the set; lower = more diverse; compare fake with real",
         "real": mean_pairwise_ms_ssim(real.images, cfg.diversity_pairs, cfg.seed),
         "fake": mean_pairwise_ms_ssim(fake.images, cfg.diversity_pairs, cfg.seed),
     }
 
-    # 5. class-set table (synthetic vs real, per common label)
-    from .paired import acutance, class_set_table, paired_metrics
+    # 6. class-set table (synthetic vs real, per common label)
+    from .paired import class_set_table, edge_sharpness, paired_metrics
 
-    report["acutance"] = {"real": acutance(real.images), "fake": acutance(fake.images)}
+    report["edge_sharpness"] = {
+        "note": "mean Sobel gradient magnitude on [0, 1] images (not Med-cDiff's acutance)",
+        "real": edge_sharpness(real.images),
+        "fake": edge_sharpness(fake.images),
+    }
     if any(lab is not None for lab in real.labels) and any(lab is not None for lab in fake.labels):
         report["class_set_table"] = class_set_table(
             fake.images, fake.labels, real.images, real.labels, max_pairs=cfg.class_pairs, seed=cfg.seed
@@ -268,7 +325,9 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
             report["paired"] = {"skipped": "no fake/real images with the same file name"}
         else:
             fi, ri = np.array(pairs).T
-            pm = paired_metrics(fake.images[fi], real.images[ri], with_lpips=cfg.lpips)
+            pm = paired_metrics(
+                fake.images[fi], real.images[ri], with_lpips=cfg.lpips, lpips_weights=cfg.lpips_weights
+            )
             pm["n_pairs"] = len(pairs)
             report["paired"] = pm
 
@@ -288,7 +347,7 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
         ext = extractors[fname]
         fr, ff = feats_cache[fname]
         ft = extract_features(train.images, ext, cache_dir, train.fingerprint(), progress=cfg.progress)
-        ft_z, fr_z, ff_z = standardise(ft, fr, ff)
+        ft_z, fr_z, ff_z = scale_features(ft, fr, ff, scaling=getattr(ext, "scaling", "standard"))
         audit = memorisation_audit(
             fake.images,
             train.images,
@@ -307,7 +366,7 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
                 plot_nn_gallery(fake.images, train.images, audit, fig_dir / "nn_pairs.png"), out
             )
         mem = strip_arrays(audit)
-        mem["feature_space"] = f"{fname} (standardised with train mean/std)"
+        mem["feature_space"] = f"{fname} (scaled with the train set: {getattr(ext, 'scaling', 'standard')})"
         for c in mem["copies"]:
             c["generated_path"] = fake.paths[c["generated_index"]] if fake.paths else None
             c["train_path"] = train.paths[c["train_index"]] if train.paths else None
@@ -384,30 +443,59 @@ def render_markdown(r: dict) -> str:
         f"- seed {s['seed']}, max_images {s['max_images']}",
         "",
     ]
+    if r.get("subsampling") and r["subsampling"] != "none":
+        lines += [f"- subsampling: {r['subsampling']}", ""]
+    dg = r["degenerate"]
     lines += [
         "## Distribution metrics",
         "",
-        "Features standardised with the real set's mean/std. FD = Fréchet distance, KID = unbiased MMD² "
-        "(cubic polynomial kernel), P/R = improved precision/recall (k-NN manifolds).",
+        "FID/KID (standard extractors, e.g. inception): raw features, all images, comparable to published FID. "
+        "FD/KD of medsd's own features (radiomics, CLIP, ...): features scaled with the real set (radiomics: "
+        "median/IQR, clipped at ±5), degenerate fake images left out (counted below); **not comparable to "
+        "published FID**. KID = unbiased MMD² (cubic polynomial kernel). Precision counts degenerate images as "
+        "outside the real manifold; recall uses the non-degenerate ones. The reference rows compare real with "
+        "real, and fake with real, at the same sample sizes (random draws; mean ± std).",
         "",
-        "| extractor | dim | FD | KID (± std) | precision | recall | FD real/real halves | KID real/real halves |",
-        "|---|---|---|---|---|---|---|---|",
+        "| extractor | dim | distance | FD | KID (± std) | precision | recall | degenerate fake | FD all images |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in r["distribution"].items():
-        b = d.get("real_split_half_baseline") or {}
+        nm = d.get("names", {"fd": "FD"})
         lines.append(
-            f"| {name} | {d['settings']['dim']} | {_f(d['frechet_distance'], 3)} | "
+            f"| {name} | {d['settings']['dim']} | {nm['fd']} | {_f(d['frechet_distance'], 3)} | "
             f"{_f(d['kid'])} ± {_f(d['kid_std']) if d['settings']['kid_subsets'] > 1 else 'n/a (1 subset)'} | "
-            f"{_f(d['precision'], 3)} | {_f(d['recall'], 3)} | "
-            f"{_f(b.get('frechet_distance'), 3)} | {_f(b.get('kid'))} |"
+            f"{_f(d['precision'], 3)} | {_f(d['recall'], 3)} | {d['n_degenerate_fake']} | "
+            f"{_f(d['frechet_distance_all'], 3)} |"
+        )
+    lines += [
+        "",
+        "Same-size reference (real set split at random into A and B, B as large as the fake set or half the real "
+        "set; fake drawn to B's size):",
+        "",
+        "| extractor | n A / n B | draws | FD real A vs real B | FD real A vs fake | KID real/real | KID fake/real |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def _ms(x, nd=3):
+        return f"{_f(x.get('mean'), nd)} ± {_f(x.get('std'), nd)}" if x else "n/a"
+
+    for name, d in r["distribution"].items():
+        ref = d.get("real_reference") or {}
+        if "skipped" in ref or not ref:
+            lines.append(f"| {name} | {ref.get('skipped', 'n/a')} | | | | | |")
+            continue
+        rr, fr = ref["real_vs_real"], ref["fake_vs_real"]
+        lines.append(
+            f"| {name} | {ref['n_a_real']} / {ref['n_b']} | {ref['draws']} | {_ms(rr['frechet_distance'])} | "
+            f"{_ms(fr['frechet_distance'])} | {_ms(rr['kid'], 4)} | {_ms(fr['kid'], 4)} |"
         )
     for name, d in r["distribution"].items():
         shifts = ", ".join(
             f"{x['feature']} ({x['fake_minus_real_in_real_std']:+.2f})"
             for x in d["largest_feature_shifts"][:6]
         )
-        lines += ["", f"Largest feature shifts ({name}, fake − real, in real std units): {shifts}"]
-    dg, dv = r["degenerate"], r["diversity_ms_ssim"]
+        lines += ["", f"Largest feature shifts ({name}, fake − real, in scaled real units): {shifts}"]
+    dv = r["diversity_ms_ssim"]
     lines += [
         "",
         "## Image quality and diversity",
@@ -417,7 +505,8 @@ def render_markdown(r: dict) -> str:
         f"| degenerate images ({dg['rule']}) | {dg['real']} ({100 * dg['real_fraction']:.1f}%) | "
         f"{dg['fake']} ({100 * dg['fake_fraction']:.1f}%) |",
         f"| mean pairwise MS-SSIM (lower = more diverse) | {_f(dv['real']['mean'])} | {_f(dv['fake']['mean'])} |",
-        f"| acutance (mean Sobel magnitude) | {_f(r['acutance']['real'])} | {_f(r['acutance']['fake'])} |",
+        f"| edge sharpness (mean Sobel magnitude; not Med-cDiff's acutance) | {_f(r['edge_sharpness']['real'])} | "
+        f"{_f(r['edge_sharpness']['fake'])} |",
     ]
     if r.get("class_set_table"):
         lines += [

@@ -64,6 +64,11 @@ class FeatureExtractor:
     """Base class: ``__call__(images01) -> [N, D]``; ``name`` and ``config`` identify it in caches and reports."""
 
     name = "base"
+    #: True for extractors whose distances follow a published protocol (FID/KID on raw Inception features):
+    #: their FD/KID are computed on raw features over all images and are comparable to published numbers.
+    standard = False
+    #: feature scaling before distances: "raw", "standard" (real z-score) or "robust" (median/IQR + clipping)
+    scaling = "standard"
 
     @property
     def config(self) -> dict:
@@ -111,10 +116,12 @@ class RadiomicsExtractor(FeatureExtractor):
     - uniform LBP (P=8, R=1 and R=2) histograms, 10 bins each;
     - coarse layout: 4x4 block means (anatomy/field of view), switch off with ``layout=False``.
 
-    Standardise with the real set's mean/std before distances (``distribution.standardise``).
+    Scaled robustly with the real set's median/IQR before distances (``distribution.robust_scale``); the
+    distances are medsd's own, not comparable to published FID.
     """
 
     name = "radiomics"
+    scaling = "robust"  # heavy-tailed features (kurtosis of a collapsed image: 10^4 real-std out)
 
     def __init__(self, size: int = 128, levels: int = 32, distances=(1, 2, 4), layout: bool = True):
         self.size = int(size)
@@ -215,6 +222,8 @@ class InceptionExtractor(FeatureExtractor):
     """torchmetrics' FID InceptionV3 (2048-d pool features). Needs torch-fidelity and the FID weights file."""
 
     name = "inception"
+    standard = True  # standard FID / KID: raw 2048-d pool features, all images
+    scaling = "raw"
 
     def __init__(self, weights: str | None = None, device: str = "cpu"):
         weights = weights or os.environ.get(INCEPTION_ENV)

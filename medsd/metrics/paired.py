@@ -106,8 +106,12 @@ def mse(pred, target) -> float:
     return float(((np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2).mean())
 
 
-def acutance(images) -> float:
-    """Mean Sobel gradient magnitude (edge sharpness; higher = sharper), averaged over images. Hand-written."""
+def edge_sharpness(images) -> float:
+    """Mean Sobel gradient magnitude on [0, 1] images (higher = sharper), averaged over images. Hand-written.
+
+    This is *not* the "acutance" of Med-cDiff (whose reported values of 3-23 come from its own, unpublished
+    implementation); medsd names it for what it computes. Compare it between sets at the same resolution only.
+    """
     from scipy import ndimage
 
     x = _as_stack(images).astype(np.float64)
@@ -115,33 +119,88 @@ def acutance(images) -> float:
     return float(np.mean(vals))
 
 
+def acutance(images) -> float:
+    """Old name of :func:`edge_sharpness` (mean Sobel magnitude; not Med-cDiff's acutance). Kept for callers."""
+    return edge_sharpness(images)
+
+
 _LPIPS_CACHE: dict = {}
+LPIPS_NETS = {
+    "alex": ("alexnet", "AlexNet_Weights"),
+    "vgg": ("vgg16", "VGG16_Weights"),
+    "squeeze": ("squeezenet1_1", "SqueezeNet1_1_Weights"),
+}
 
 
-def lpips(pred, target, net: str = "alex") -> float:
-    """LPIPS (torchmetrics). Needs the torchvision backbone weights in the torch hub cache; offline without them
-    raises :class:`MissingWeightsError`."""
+def _lpips_metric(net: str, weights: str | None):
+    """torchmetrics' LPIPS; with ``weights`` (a torchvision backbone state-dict file) it is loaded from that file.
+
+    torchvision looks for the backbone in ``<torch hub dir>/checkpoints/<file name of its URL>``; a temporary hub
+    folder with a link of that name to ``weights`` makes torchvision load the user's file instead of downloading.
+    The LPIPS linear layers ship with torchmetrics.
+    """
+    import os
+    import tempfile
+
     import torch
 
-    if net not in _LPIPS_CACHE:
-        try:
-            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    if net not in LPIPS_NETS:
+        raise ValueError(f"LPIPS net: expected one of {sorted(LPIPS_NETS)}, got {net!r}")
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-            _LPIPS_CACHE[net] = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True)
+    if weights is None:
+        return LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True)
+    if not os.path.isfile(weights):
+        raise MissingWeightsError(f"--lpips_weights: file not found: {weights}")
+    import torchvision
+
+    url = getattr(torchvision.models, LPIPS_NETS[net][1]).DEFAULT.url
+    old = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory(prefix="medsd_lpips_") as hub:
+        os.makedirs(os.path.join(hub, "checkpoints"))
+        os.symlink(os.path.abspath(weights), os.path.join(hub, "checkpoints", os.path.basename(url)))
+        torch.hub.set_dir(hub)
+        try:
+            return LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True)
         except Exception as e:
             raise MissingWeightsError(
-                f"LPIPS needs the pretrained torchvision '{net}' backbone weights in the torch hub cache "
-                f"({torch.hub.get_dir()}/checkpoints); they could not be loaded offline ({type(e).__name__}: "
-                f"{str(e)[:200]}). Download them once with network access, or leave LPIPS out."
+                f"--lpips_weights {weights}: could not load it as the torchvision {LPIPS_NETS[net][0]} backbone "
+                f"({type(e).__name__}: {str(e)[:200]})"
+            ) from e
+        finally:
+            torch.hub.set_dir(old)
+
+
+def lpips(pred, target, net: str = "alex", weights: str | None = None) -> float:
+    """LPIPS (torchmetrics, ``normalize=True`` on [0, 1] images repeated to 3 channels).
+
+    ``weights``: the torchvision backbone file (e.g. ``alexnet-owt-7be5be79.pth``); without it the backbone must
+    be in the torch hub cache. Offline without either it raises :class:`MissingWeightsError` saying so.
+    """
+    import torch
+
+    key = (net, weights)
+    if key not in _LPIPS_CACHE:
+        try:
+            _LPIPS_CACHE[key] = _lpips_metric(net, weights)
+        except MissingWeightsError:
+            raise
+        except Exception as e:
+            raise MissingWeightsError(
+                f"LPIPS needs the pretrained torchvision '{net}' backbone weights: give the file with "
+                f"--lpips_weights PATH, or put it in the torch hub cache ({torch.hub.get_dir()}/checkpoints); "
+                f"they could not be loaded offline ({type(e).__name__}: {str(e)[:160]})."
             ) from e
     p = _as_tensor(pred).repeat(1, 3, 1, 1).clamp(0, 1)
     t = _as_tensor(target).repeat(1, 3, 1, 1).clamp(0, 1)
     with torch.no_grad():
-        return float(_LPIPS_CACHE[net](p, t))
+        return float(_LPIPS_CACHE[key](p, t))
 
 
-def paired_metrics(pred, target, with_lpips: bool = False) -> dict:
-    """PSNR, SSIM, MS-SSIM, MAE, MSE, acutance of both and their ratio; LPIPS if asked (else a note if unavailable).
+def paired_metrics(pred, target, with_lpips: bool = False, lpips_weights: str | None = None) -> dict:
+    """PSNR, SSIM, MS-SSIM, MAE, MSE, edge sharpness of both and their ratio; LPIPS if asked (else a note why not).
+
+    The edge-sharpness values are also given under their old ``acutance_*`` keys.
 
     ``pred``/``target``: ``[H, W]`` or ``[N, H, W]`` in [0, 1], paired by index.
     """
@@ -149,20 +208,23 @@ def paired_metrics(pred, target, with_lpips: bool = False) -> dict:
     target = _as_stack(target)
     if pred.shape != target.shape:
         raise ValueError(f"shapes differ: {pred.shape} vs {target.shape}")
-    a_p, a_t = acutance(pred), acutance(target)
+    a_p, a_t = edge_sharpness(pred), edge_sharpness(target)
     out = {
         "psnr": psnr(pred, target),
         "ssim": ssim(pred, target),
         "ms_ssim": ms_ssim(pred, target),
         "mae": mae(pred, target),
         "mse": mse(pred, target),
+        "edge_sharpness_pred": a_p,
+        "edge_sharpness_target": a_t,
+        "edge_sharpness_ratio": a_p / a_t if a_t > 0 else float("nan"),
         "acutance_pred": a_p,
         "acutance_target": a_t,
         "acutance_ratio": a_p / a_t if a_t > 0 else float("nan"),
     }
     if with_lpips:
         try:
-            out["lpips"] = lpips(pred, target)
+            out["lpips"] = lpips(pred, target, weights=lpips_weights)
         except MissingWeightsError as e:
             out["lpips"] = None
             out["lpips_note"] = str(e)

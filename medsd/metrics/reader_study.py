@@ -1,25 +1,34 @@
 """Reader-study kit: blinded real-vs-synthetic sets for human readers, and scoring of their answers.
 
-Two designs:
+Designs:
 
-- ``single``: real and synthetic images shuffled into ``cases/case_0001.png ...``; each reader fills
-  ``answer_sheet.csv`` (``case_id,answer`` with answer ``real``, ``fake`` or ``unsure``).
+- ``mixed`` (old name ``single``): real and synthetic images shuffled into ``cases/case_0001.png ...``; each reader
+  fills ``answer_sheet.csv`` (``case_id,stratum,answer,findings``; answer ``real``, ``fake`` or ``unsure``,
+  findings free text).
+- ``all_synthetic``: every case is synthetic (the design of "Spot the fake lungs": e.g. 20 X-ray and 20 CT cases),
+  readers do not know that; same sheet. Scoring counts per reader how many cases were rated real / fake / unsure.
 - ``2afc``: pairs ``pairs/pair_0001_A.png`` / ``pair_0001_B.png``, one real, one synthetic, side randomised; the
   reader answers which one is real (``A``, ``B`` or ``unsure``).
 
-``key.csv`` (keep it away from the readers) holds the truth and the source of every case. Scoring gives per-reader
-accuracy (unsure counted as wrong; accuracy on decided cases separately) and Cohen's kappa between every pair of
-readers on the raw answers (hand-written: sklearn is not a dependency).
+Strata (e.g. modality: ``{"xray": images, "ct": images}``) are sampled separately (``n_each`` per stratum) and
+shuffled together; every statistic is also given per stratum. ``key.csv`` (keep it away from the readers) holds
+the truth, stratum and source of every case. Scoring: per-reader counts and accuracy, the joint-agreement table
+(how many cases all readers rated real / fake / unsure, and each answer pattern), Cohen's kappa between every pair
+of readers and Fleiss' kappa over all of them (hand-written: sklearn/statsmodels are not dependencies).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+
+DESIGNS = ("mixed", "all_synthetic", "2afc")
+ANSWERS = ("real", "fake", "unsure")
 
 
 def _save_png(image01: np.ndarray, path: Path) -> None:
@@ -28,60 +37,117 @@ def _save_png(image01: np.ndarray, path: Path) -> None:
     Image.fromarray(np.clip(np.rint(image01 * 255), 0, 255).astype(np.uint8), mode="L").save(path)
 
 
+def _as_strata(x, sources, what: str) -> dict:
+    """``array`` or ``{stratum: array}`` (sources likewise) -> ``{stratum: (array, sources)}``."""
+    if x is None:
+        return {}
+    if not isinstance(x, dict):
+        x = {"all": x}
+        sources = {"all": sources} if sources is not None else None
+    out = {}
+    for k, arr in x.items():
+        src = (sources or {}).get(k) if isinstance(sources, dict) else None
+        arr = np.asarray(arr)
+        out[str(k)] = (
+            arr,
+            list(src)
+            if src
+            else [f"{what}:{k}#{i}" if k != "all" else f"{what}#{i}" for i in range(len(arr))],
+        )
+    return out
+
+
 def export_reader_study(
-    real01: np.ndarray,
-    fake01: np.ndarray,
+    real01,
+    fake01,
     out_dir: str | Path,
     n_each: int | None = None,
-    design: str = "single",
+    design: str = "mixed",
     seed: int = 0,
-    real_sources: list[str] | None = None,
-    fake_sources: list[str] | None = None,
+    real_sources=None,
+    fake_sources=None,
 ) -> dict:
-    """Write a blinded study to ``out_dir``; returns a summary dict. Images are written as 8-bit PNG."""
+    """Write a blinded study to ``out_dir``; returns a summary dict. Images are written as 8-bit PNG.
+
+    ``real01`` / ``fake01``: ``[N, H, W]`` arrays in [0, 1], or ``{stratum: array}`` for per-modality strata
+    (``real01`` may be None for ``all_synthetic``). ``n_each``: cases per class and stratum (all by default).
+    """
+    if design == "single":
+        design = "mixed"
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS} (or 'single'), got {design!r}")
+    fakes = _as_strata(fake01, fake_sources, "fake")
+    reals = _as_strata(real01, real_sources, "real")
+    if not fakes:
+        raise ValueError("no synthetic images given")
+    if design != "all_synthetic":
+        missing = sorted(set(fakes) - set(reals))
+        if missing:
+            raise ValueError(f"design {design!r} needs real images for every stratum; missing: {missing}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    n = min(len(real01), len(fake01)) if n_each is None else min(n_each, len(real01), len(fake01))
-    ri = np.sort(rng.choice(len(real01), n, replace=False))
-    fi = np.sort(rng.choice(len(fake01), n, replace=False))
-    rs = real_sources or [f"real#{i}" for i in range(len(real01))]
-    fs = fake_sources or [f"fake#{i}" for i in range(len(fake01))]
-    if design == "single":
-        cases = [("real", i) for i in ri] + [("fake", i) for i in fi]
-        order = rng.permutation(len(cases))
+    key_rows, sheet_rows, counts = [], [], {}
+
+    def pick(arr, n):
+        return np.sort(rng.choice(len(arr), n, replace=False))
+
+    if design in ("mixed", "all_synthetic"):
+        cases = []
+        for st in sorted(fakes):
+            fa, fs = fakes[st]
+            if design == "mixed":
+                ra, rs = reals[st]
+                n = min(len(ra), len(fa)) if n_each is None else min(n_each, len(ra), len(fa))
+                cases += [(st, "real", ra[i], rs[i]) for i in pick(ra, n)]
+                counts[st] = {"real": int(n), "fake": int(n)}
+            else:
+                n = len(fa) if n_each is None else min(n_each, len(fa))
+                counts[st] = {"real": 0, "fake": int(n)}
+            cases += [(st, "fake", fa[i], fs[i]) for i in pick(fa, n)]
         (out / "cases").mkdir(exist_ok=True)
-        key_rows, sheet_rows = [], []
-        for k, j in enumerate(order, 1):
-            truth, i = cases[j]
+        for k, j in enumerate(rng.permutation(len(cases)), 1):
+            st, truth, img, src = cases[j]
             cid = f"case_{k:04d}"
-            _save_png((real01 if truth == "real" else fake01)[i], out / "cases" / f"{cid}.png")
-            key_rows.append({"case_id": cid, "truth": truth, "source": (rs if truth == "real" else fs)[i]})
-            sheet_rows.append({"case_id": cid, "answer": ""})
-        instructions = "For each case write real, fake or unsure in the answer column."
-    elif design == "2afc":
-        (out / "pairs").mkdir(exist_ok=True)
-        key_rows, sheet_rows = [], []
-        for k, (r, f) in enumerate(zip(rng.permutation(ri), rng.permutation(fi)), 1):
-            cid = f"pair_{k:04d}"
-            real_side = "A" if rng.random() < 0.5 else "B"
-            a, b = (real01[r], fake01[f]) if real_side == "A" else (fake01[f], real01[r])
-            _save_png(a, out / "pairs" / f"{cid}_A.png")
-            _save_png(b, out / "pairs" / f"{cid}_B.png")
-            key_rows.append({"case_id": cid, "truth": real_side, "source": f"real={rs[r]};fake={fs[f]}"})
-            sheet_rows.append({"case_id": cid, "answer": ""})
+            _save_png(img, out / "cases" / f"{cid}.png")
+            key_rows.append({"case_id": cid, "stratum": st, "truth": truth, "source": src})
+            sheet_rows.append({"case_id": cid, "stratum": st, "answer": "", "findings": ""})
         instructions = (
-            "For each pair write A or B (the image you think is real) or unsure in the answer column."
+            "For each case write real, fake or unsure in the answer column, and anything you see (findings, "
+            "artefacts, why you decided) in the findings column."
         )
     else:
-        raise ValueError(f"design must be 'single' or '2afc', got {design!r}")
-    _write_csv(out / "answer_sheet.csv", sheet_rows, ["case_id", "answer"])
-    _write_csv(out / "key.csv", key_rows, ["case_id", "truth", "source"])
+        (out / "pairs").mkdir(exist_ok=True)
+        pairs = []
+        for st in sorted(fakes):
+            (fa, fs), (ra, rs) = fakes[st], reals[st]
+            n = min(len(ra), len(fa)) if n_each is None else min(n_each, len(ra), len(fa))
+            pairs += [(st, r, f) for r, f in zip(rng.permutation(pick(ra, n)), rng.permutation(pick(fa, n)))]
+            counts[st] = {"real": int(n), "fake": int(n)}
+        for k, j in enumerate(rng.permutation(len(pairs)), 1):
+            st, r, f = pairs[j]
+            (fa, fs), (ra, rs) = fakes[st], reals[st]
+            cid = f"pair_{k:04d}"
+            real_side = "A" if rng.random() < 0.5 else "B"
+            a, b = (ra[r], fa[f]) if real_side == "A" else (fa[f], ra[r])
+            _save_png(a, out / "pairs" / f"{cid}_A.png")
+            _save_png(b, out / "pairs" / f"{cid}_B.png")
+            key_rows.append(
+                {"case_id": cid, "stratum": st, "truth": real_side, "source": f"real={rs[r]};fake={fs[f]}"}
+            )
+            sheet_rows.append({"case_id": cid, "stratum": st, "answer": "", "findings": ""})
+        instructions = (
+            "For each pair write A or B (the image you think is real) or unsure in the answer column, and "
+            "anything you see in the findings column."
+        )
+    _write_csv(out / "answer_sheet.csv", sheet_rows, ["case_id", "stratum", "answer", "findings"])
+    _write_csv(out / "key.csv", key_rows, ["case_id", "stratum", "truth", "source"])
     info = {
         "design": design,
         "n_cases": len(key_rows),
-        "n_real": int(n),
-        "n_fake": int(n),
+        "n_real": int(sum(c["real"] for c in counts.values())),
+        "n_fake": int(sum(c["fake"] for c in counts.values())),
+        "strata": counts,
         "seed": seed,
         "instructions": instructions,
     }
@@ -100,9 +166,16 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
         w.writerows(rows)
 
 
-def _read_answers(path: str | Path) -> dict[str, str]:
+def _read_sheet(path: str | Path) -> dict[str, tuple[str, str]]:
     with open(path, newline="") as f:
-        return {r["case_id"]: (r.get("answer") or "").strip().lower() for r in csv.DictReader(f)}
+        return {
+            r["case_id"]: ((r.get("answer") or "").strip().lower(), (r.get("findings") or "").strip())
+            for r in csv.DictReader(f)
+        }
+
+
+def _read_answers(path: str | Path) -> dict[str, str]:
+    return {k: v[0] for k, v in _read_sheet(path).items()}
 
 
 def cohen_kappa(a: list[str], b: list[str]) -> float:
@@ -123,43 +196,174 @@ def cohen_kappa(a: list[str], b: list[str]) -> float:
     return float((po - pe) / (1.0 - pe))
 
 
-def score_reader_study(key_csv: str | Path, answer_csvs: dict[str, str | Path] | list[str | Path]) -> dict:
-    """Per-reader accuracy and pairwise Cohen's kappa. ``answer_csvs``: ``{reader: path}`` or a list of paths
-    (reader = file stem). Missing or empty answers count as ``unsure``."""
-    with open(key_csv, newline="") as f:
-        key = {r["case_id"]: r["truth"].strip().lower() for r in csv.DictReader(f)}
-    if not isinstance(answer_csvs, dict):
-        answer_csvs = {Path(p).stem: p for p in answer_csvs}
-    cases = sorted(key)
-    answers = {}
+def fleiss_kappa(ratings: list[list[str]]) -> float:
+    """Fleiss' kappa for ``ratings[case][reader]`` (every case rated by the same number of readers, >= 2)."""
+    if not ratings or len({len(r) for r in ratings}) != 1 or len(ratings[0]) < 2:
+        raise ValueError("need at least one case, all rated by the same number (>= 2) of readers")
+    cats = sorted({x for r in ratings for x in r})
+    n = len(ratings[0])
+    m = np.array([[r.count(c) for c in cats] for r in ratings], dtype=np.float64)  # [cases, categories]
+    p_i = ((m * m).sum(1) - n) / (n * (n - 1))
+    p_bar = p_i.mean()
+    p_j = m.sum(0) / m.sum()
+    pe = (p_j**2).sum()
+    if pe >= 1.0:
+        return 1.0 if p_bar >= 1.0 else 0.0
+    return float((p_bar - pe) / (1.0 - pe))
+
+
+def joint_agreement(answers: dict[str, list[str]]) -> dict:
+    """How often the readers agree, case by case: unanimous counts per answer, and every answer pattern."""
+    names = sorted(answers)
+    per_case = list(zip(*(answers[n] for n in names)))
+    unanimous = Counter(c[0] for c in per_case if len(set(c)) == 1)
+    patterns = Counter("/".join(sorted(c)) for c in per_case)
+    return {
+        "readers": names,
+        "n_cases": len(per_case),
+        "all_agree": int(sum(unanimous.values())),
+        "unanimous": {a: int(unanimous.get(a, 0)) for a in sorted(set(unanimous) | set(ANSWERS[:3]))},
+        "no_consensus": int(len(per_case) - sum(unanimous.values())),
+        "patterns": dict(sorted(patterns.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+
+
+def _score_group(cases, key, answers, truth_kind) -> dict:
     readers = {}
-    for name, path in answer_csvs.items():
-        raw = _read_answers(path)
-        ans = [raw.get(c, "") or "unsure" for c in cases]
-        answers[name] = ans
-        truth = [key[c] for c in cases]
+    truth = [key[c] for c in cases]
+    for name, ans_all in answers.items():
+        ans = [ans_all[c] for c in cases]
         correct = np.array([x == t for x, t in zip(ans, truth)])
         decided = np.array([x != "unsure" for x in ans])
         r = {
             "n_cases": len(cases),
-            "accuracy": float(correct.mean()),
+            "counts": dict(sorted(Counter(ans).items())),
+            "accuracy": float(correct.mean()) if len(cases) else float("nan"),
             "n_unsure": int((~decided).sum()),
             "accuracy_decided": float(correct[decided].mean()) if decided.any() else float("nan"),
         }
-        if set(truth) <= {"real", "fake"}:  # single-image design: sensitivity for spotting fakes
+        if truth_kind == "real_fake":
             fake = np.array([t == "fake" for t in truth])
-            real = ~fake
             r["fake_detected"] = float(correct[fake].mean()) if fake.any() else float("nan")
-            r["real_recognised"] = float(correct[real].mean()) if real.any() else float("nan")
+            r["real_recognised"] = float(correct[~fake].mean()) if (~fake).any() else float("nan")
+            r["synthetic_rated_real"] = int(sum(a == "real" for a, t in zip(ans, truth) if t == "fake"))
         readers[name] = r
-    kappas = [
-        {"reader_a": a, "reader_b": b, "kappa": cohen_kappa(answers[a], answers[b])}
-        for a, b in combinations(sorted(answers), 2)
-    ]
-    return {
+    names = sorted(answers)
+    per = {n: [answers[n][c] for c in cases] for n in names}
+    out = {
         "readers": readers,
-        "kappa": kappas,
+        "kappa": [
+            {"reader_a": a, "reader_b": b, "kappa": cohen_kappa(per[a], per[b])}
+            for a, b in combinations(names, 2)
+        ]
+        if cases
+        else [],
+        "fleiss_kappa": fleiss_kappa([list(x) for x in zip(*(per[n] for n in names))])
+        if len(names) >= 2 and cases
+        else None,
+        "joint_agreement": joint_agreement(per) if cases else None,
         "mean_accuracy": float(np.mean([r["accuracy"] for r in readers.values()]))
         if readers
         else float("nan"),
     }
+    return out
+
+
+def score_reader_study(key_csv: str | Path, answer_csvs: dict[str, str | Path] | list[str | Path]) -> dict:
+    """Score filled answer sheets against ``key.csv``. ``answer_csvs``: ``{reader: path}`` or a list of paths
+    (reader = file stem). Missing or empty answers count as ``unsure``.
+
+    Returns per-reader counts/accuracy, pairwise Cohen's kappa, Fleiss' kappa, the joint-agreement table, the same
+    per stratum (``strata``), and every non-empty free-text finding (``findings``).
+    """
+    with open(key_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    key = {r["case_id"]: r["truth"].strip().lower() for r in rows}
+    stratum = {r["case_id"]: (r.get("stratum") or "all") for r in rows}
+    if not isinstance(answer_csvs, dict):
+        answer_csvs = {Path(p).stem: p for p in answer_csvs}
+    cases = sorted(key)
+    answers, findings = {}, []
+    for name, path in answer_csvs.items():
+        sheet = _read_sheet(path)
+        unknown = sorted(set(sheet) - set(key))
+        if unknown:
+            raise ValueError(f"{path}: case ids not in the key: {unknown[:5]}")
+        bad = sorted({a for a, _ in sheet.values() if a and a not in ANSWERS + ("a", "b")})
+        if bad:
+            raise ValueError(f"{path}: answers must be real, fake, unsure (or A/B for 2afc); got {bad}")
+        answers[name] = {c: (sheet.get(c, ("", ""))[0] or "unsure") for c in cases}
+        findings += [
+            {
+                "reader": name,
+                "case_id": c,
+                "stratum": stratum[c],
+                "truth": key[c],
+                "answer": answers[name][c],
+                "findings": sheet[c][1],
+            }
+            for c in cases
+            if c in sheet and sheet[c][1]
+        ]
+    kind = "real_fake" if set(key.values()) <= {"real", "fake"} else "2afc"
+    out = _score_group(cases, key, answers, kind)
+    out["design"] = (
+        "all_synthetic" if set(key.values()) == {"fake"} else ("2afc" if kind == "2afc" else "mixed")
+    )
+    out["strata"] = {
+        st: _score_group([c for c in cases if stratum[c] == st], key, answers, kind)
+        for st in sorted(set(stratum.values()))
+    }
+    out["findings"] = findings
+    return out
+
+
+def render_scores_markdown(scores: dict) -> str:
+    """The paper-style tables: per-reader counts per stratum, joint agreement, kappas."""
+    lines = [f"# Reader study scores ({scores.get('design')})", ""]
+    groups = [("all cases", scores)] + [(f"stratum {k}", v) for k, v in scores.get("strata", {}).items()]
+    if len(scores.get("strata", {})) == 1:
+        groups = groups[:1]
+    for title, g in groups:
+        lines += [
+            f"## {title}",
+            "",
+            "| reader | cases | rated real | rated fake | unsure | accuracy |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in g["readers"].items():
+            c = r["counts"]
+            lines.append(
+                f"| {name} | {r['n_cases']} | {c.get('real', 0)} | {c.get('fake', 0)} | {c.get('unsure', 0)} | "
+                f"{r['accuracy']:.2f} |"
+            )
+        ja = g.get("joint_agreement")
+        if ja:
+            u = ja["unanimous"]
+            lines += [
+                "",
+                f"Joint agreement ({len(ja['readers'])} readers, {ja['n_cases']} cases): all rated real "
+                f"{u.get('real', 0)}, all rated fake {u.get('fake', 0)}, all unsure {u.get('unsure', 0)}, no "
+                f"consensus {ja['no_consensus']}. Patterns: "
+                + ", ".join(f"{p}: {n}" for p, n in ja["patterns"].items()),
+            ]
+        ks = ", ".join(f"{k['reader_a']}-{k['reader_b']} {k['kappa']:.2f}" for k in g["kappa"])
+        fk = g.get("fleiss_kappa")
+        lines += [
+            "",
+            f"Cohen's kappa: {ks or 'n/a'}; Fleiss' kappa: {'n/a' if fk is None else f'{fk:.2f}'}.",
+            "",
+        ]
+    if scores.get("findings"):
+        lines += [
+            "## Findings (free text)",
+            "",
+            "| reader | case | stratum | truth | answer | findings |",
+            "|---|---|---|---|---|---|",
+        ]
+        for f in scores["findings"]:
+            text = f["findings"].replace("|", "/")
+            lines.append(
+                f"| {f['reader']} | {f['case_id']} | {f['stratum']} | {f['truth']} | {f['answer']} | {text} |"
+            )
+    return "\n".join(lines) + "\n"
