@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from .experiments import short_ddpm_run_fields
+
 # name -> (time_embedding, skip_connections, description); the paper's FID in its Table I
 VARIANTS = {
     "no_skips": ("every_block", False, "encoder-decoder without skip connections", 548.7),
@@ -121,27 +123,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    base = dict(
-        train_data=args.train_data,
-        resolution=args.resolution,
-        model=args.model,
-        max_train_steps=args.max_train_steps,
-        train_batch_size=args.train_batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler="cosine",
-        lr_warmup_steps=min(200, args.max_train_steps // 10),
-        use_ema=True,
-        ema_decay=0.999,
-        mixed_precision=args.mixed_precision,
-        patient_column=args.patient_column,
-        label_column=args.label_column,
-        checkpointing_steps=0,
-        validation_steps=0,
-        logging_steps=max(1, min(50, args.max_train_steps // 10)),
-        seed=args.seed,
-        overwrite_output_dir=args.overwrite_output_dir,
-        report_to="none",
-    )
+    base = short_ddpm_run_fields(args, ema_decay=0.999, max_warmup_steps=200)
     # Held-out real images: the test split of the same source (patient-level when ids exist).
     held_cfg = DDPMTrainConfig(**base)
     held_cfg.phantom_count = max(args.num_samples * 2, 256)

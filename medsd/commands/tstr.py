@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from .experiments import short_ddpm_run_fields
+
 HELP = "train-on-synthetic, test-on-real: class-wise DDPMs, then classifiers on real / synthetic / both"
 
 
@@ -88,28 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds a tstr run; pass --overwrite_output_dir to replace it")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    base = dict(
-        train_data=args.train_data,
-        label_column=args.label_column,
-        patient_column=args.patient_column,
-        image_column=args.image_column,
-        resolution=args.resolution,
-        model=args.model,
-        max_train_steps=args.max_train_steps,
-        train_batch_size=args.train_batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler="cosine",
-        lr_warmup_steps=min(100, args.max_train_steps // 10),
-        use_ema=True,
-        ema_decay=0.995,
-        mixed_precision=args.mixed_precision,
-        checkpointing_steps=0,
-        validation_steps=0,
-        logging_steps=max(1, min(50, args.max_train_steps // 10)),
-        seed=args.seed,
-        overwrite_output_dir=args.overwrite_output_dir,
-        report_to="none",
-    )
+    base = short_ddpm_run_fields(args, ema_decay=0.995, max_warmup_steps=100, image_column=args.image_column)
     # the same patient-level split (same seed) that train_ddpm uses for its training images
     split_cfg = DDPMTrainConfig(**base, output_dir=str(out / "split"))
     sets = {}
@@ -209,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render_table(report: dict) -> str:
+    from medsd.metrics.downstream import results_table
+
     s, d = report["settings"], report["downstream"]
     lines = [
         "# Train on synthetic, test on real",
@@ -228,20 +211,7 @@ def render_table(report: dict) -> str:
         lines.append(
             f"| {cls} | {c['real_train']} | {c['synthetic']} ({c['synthetic_degenerate']}) | {c['real_test']} |"
         )
-    lines += [
-        "",
-        "| trained on | n train | accuracy [95% CI] | AUROC [95% CI] |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, v in d["results"].items():
-        if "skipped" in v:
-            lines.append(f"| {name} | - | skipped: {v['skipped']} | |")
-            continue
-        ac, au = v["accuracy_ci95"], v["auroc_ci95"] or [float("nan")] * 2
-        lines.append(
-            f"| {name} | {v['n_train']} | {v['accuracy']:.3f} [{ac[0]:.3f}, {ac[1]:.3f}] | "
-            f"{v['auroc']:.3f} [{au[0]:.3f}, {au[1]:.3f}] |"
-        )
+    lines += ["", *results_table(d["results"])]
     if report.get("command"):
         lines += ["", f"Command: `{report['command']}`"]
     lines += ["", f"Runtime {report['runtime_minutes']:.1f} min."]

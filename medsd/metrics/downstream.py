@@ -7,6 +7,8 @@ classes) are reported with percentile-bootstrap 95% confidence intervals over th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -203,3 +205,22 @@ def downstream_utility(
             "chance_accuracy": float(np.bincount(yt).max() / len(yt)),
         },
     }
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows of :func:`downstream_utility` results: accuracy and AUROC with their 95% CIs."""
+
+    def f(x: float | None) -> str:
+        return "n/a" if x is None or x != x else f"{x:.3f}"
+
+    lines = ["| trained on | n train | accuracy [95% CI] | AUROC [95% CI] |", "|---|---|---|---|"]
+    for name, v in results.items():
+        if "skipped" in v:
+            lines.append(f"| {name} | - | skipped: {v['skipped']} | |")
+            continue
+        ac, au = v["accuracy_ci95"], v["auroc_ci95"] or [None, None]
+        lines.append(
+            f"| {name} | {v['n_train']} | {f(v['accuracy'])} [{f(ac[0])}, {f(ac[1])}] | "
+            f"{f(v['auroc'])} [{f(au[0])}, {f(au[1])}] |"
+        )
+    return lines

@@ -424,6 +424,8 @@ def _f(x, nd=4):
 
 
 def render_markdown(r: dict) -> str:
+    from .downstream import results_table
+
     s = r["settings"]
     lines = ["# medsd evaluation report", ""]
     lines += [
@@ -558,18 +560,8 @@ def render_markdown(r: dict) -> str:
             lines += [
                 f"classes: {', '.join(d['classes'])}; chance accuracy {_f(d['settings']['chance_accuracy'], 3)}",
                 "",
-                "| trained on | n train | accuracy [95% CI] | AUROC [95% CI] |",
-                "|---|---|---|---|",
             ]
-            for k, v in d["results"].items():
-                if "skipped" in v:
-                    lines.append(f"| {k} | - | skipped: {v['skipped']} | |")
-                    continue
-                ac, au = v["accuracy_ci95"], v["auroc_ci95"] or [None, None]
-                lines.append(
-                    f"| {k} | {v['n_train']} | {_f(v['accuracy'], 3)} [{_f(ac[0], 3)}, {_f(ac[1], 3)}] | "
-                    f"{_f(v['auroc'], 3)} [{_f(au[0], 3)}, {_f(au[1], 3)}] |"
-                )
+            lines += results_table(d["results"])
     if r["figures"]:
         lines += ["", "## Figures", ""] + [f"- {k}: `{v}`" for k, v in r["figures"].items()]
     lines += ["", f"Runtime {r['runtime_s']} s. Full numbers and settings: `report.json`.", ""]
