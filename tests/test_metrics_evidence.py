@@ -13,7 +13,8 @@ from scipy import linalg
 from medsd.metrics import distribution_metrics, get_extractor
 from medsd.metrics.distribution import real_reference, robust_scale, standardise
 from medsd.metrics.diversity import degenerate_mask, neighbour_corr_threshold, to_uint8
-from medsd.metrics.subsample import load_subsampled, stratified_subsample
+from medsd.metrics.io import load_subsampled
+from medsd.metrics.subsample import stratified_subsample
 
 phantoms = pytest.importorskip("medsd.data.phantoms")
 

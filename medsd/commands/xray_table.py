@@ -42,8 +42,7 @@ def _fake_set(source: str, args: argparse.Namespace):
     import numpy as np
     import torch
 
-    from medsd.metrics.io import preprocess
-    from medsd.metrics.subsample import load_subsampled
+    from medsd.metrics.io import load_subsampled, preprocess
 
     path = Path(source)
     if (path / "model_index.json").is_file():
@@ -79,7 +78,7 @@ def _mean_pairs(a, b, max_pairs: int, seed: int, same: bool = False) -> tuple[fl
 def run(args: argparse.Namespace) -> int:
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    from medsd.metrics.subsample import load_subsampled
+    from medsd.metrics.io import load_subsampled
 
     real = {
         c: load_subsampled(

@@ -33,7 +33,7 @@ from .features import (
     get_extractor,
     register_extractor,
 )
-from .io import ImageSet, load_image_set
+from .io import ImageSet, load_image_set, load_subsampled
 from .memorisation import memorisation_audit, ncc_matrix, nearest_by_ncc
 from .paired import acutance, class_set_table, edge_sharpness, lpips, mae, ms_ssim, paired_metrics, psnr, ssim
 from .reader_study import (
@@ -44,7 +44,7 @@ from .reader_study import (
     render_scores_markdown,
     score_reader_study,
 )
-from .subsample import load_subsampled, stratified_subsample
+from .subsample import stratified_subsample
 
 __all__ = [
     "stratified_subsample",

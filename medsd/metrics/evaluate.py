@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import extract_features, get_extractor
-from .io import ImageSet
-from .subsample import load_subsampled
+from .io import ImageSet, load_subsampled
 
 EXIT_OK = 0
 EXIT_ERROR = 2

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .subsample import stratified_subsample
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 
 
@@ -275,7 +277,8 @@ def load_image_set(
     """Load and preprocess a set of images (see module docstring for sources and preprocessing).
 
     ``label`` keeps only images whose label is in it (a comma-separated string or a list). ``max_images``
-    subsamples deterministically (``seed``), keeping file order.
+    subsamples with :func:`~medsd.metrics.subsample.stratified_subsample` (seeded; label shares kept,
+    each label spread over patients), keeping file order.
     """
     if isinstance(spec, ImageSet):
         return spec
@@ -308,7 +311,12 @@ def load_image_set(
         )
     if labels is not None:
         rows = [r for r in rows if r[1] in labels]
-    rows = _subsample(rows, max_images, seed)
+    rows = [
+        rows[i]
+        for i in stratified_subsample(
+            len(rows), max_images, labels=[r[1] for r in rows], patient_ids=[r[2] for r in rows], seed=seed
+        )
+    ]
     if not rows:
         raise ValueError(f"no images found in {s}" + (f" with label in {sorted(labels)}" if labels else ""))
     iterator = rows
@@ -324,3 +332,7 @@ def load_image_set(
         [r[2] for r in rows],
         source=s,
     )
+
+
+load_subsampled = load_image_set
+"""The former name of :func:`load_image_set` (which now subsamples by label and patient itself)."""

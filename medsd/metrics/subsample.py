@@ -7,11 +7,7 @@ label's share over as many patients as possible, at random with a fixed seed.
 
 from __future__ import annotations
 
-import csv
-import os
-import tempfile
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
@@ -83,70 +79,3 @@ def stratified_subsample(
             rnd += 1
         picked.extend(take)
     return sorted(picked)
-
-
-def _csv_of(spec: str, filename_column: str) -> Path | None:
-    p = Path(spec)
-    csv_path = p / "metadata.csv" if p.is_dir() else p
-    if not (csv_path.is_file() and csv_path.suffix.lower() == ".csv"):
-        return None
-    with open(csv_path, newline="") as f:
-        header = next(csv.reader(f), [])
-    return csv_path if filename_column in header else None
-
-
-def load_subsampled(
-    spec,
-    size: int = 128,
-    label=None,
-    label_column: str = "label",
-    filename_column: str = "filename",
-    max_images: int | None = None,
-    seed: int = 0,
-    progress: bool = False,
-):
-    """:func:`medsd.metrics.io.load_image_set` with :func:`stratified_subsample` for CSV-listed sources.
-
-    For a metadata CSV (or a folder with one) the listing is read first, the subsample is chosen by label and
-    patient, and only those images are decoded (through ``load_image_set`` on a temporary CSV of the chosen
-    rows). Other sources (plain folders, ``hf:`` datasets, arrays) have no patient ids in their listing: they use
-    ``load_image_set``'s own seeded random subsample.
-    """
-    from .io import ImageSet, load_image_set
-
-    kw = dict(size=size, label_column=label_column, filename_column=filename_column, progress=progress)
-    if max_images is None or isinstance(spec, (ImageSet, np.ndarray)):
-        return load_image_set(spec, label=label, max_images=max_images, seed=seed, **kw)
-    csv_path = _csv_of(str(spec), filename_column)
-    if csv_path is None:
-        return load_image_set(spec, label=label, max_images=max_images, seed=seed, **kw)
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = list(reader.fieldnames or [])
-        rows = list(reader)
-    if label is not None and label != "":
-        keep = {str(x) for x in label} if isinstance(label, (list, tuple, set)) else None
-        keep = keep or {x.strip() for x in str(label).split(",") if x.strip()}
-        rows = [r for r in rows if r.get(label_column) in keep]
-    if not rows:  # let load_image_set give its usual error
-        return load_image_set(spec, label=label, seed=seed, **kw)
-    idx = stratified_subsample(
-        len(rows),
-        max_images,
-        labels=[r.get(label_column) for r in rows],
-        patient_ids=[r.get("patient_id") for r in rows],
-        seed=seed,
-    )
-    with tempfile.TemporaryDirectory(prefix="medsd_subsample_") as tmp:
-        sub = Path(tmp) / "metadata.csv"
-        with open(sub, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            for i in idx:
-                r = dict(rows[i])
-                p = Path(r[filename_column])
-                r[filename_column] = os.path.abspath(p if p.is_absolute() else csv_path.parent / p)
-                w.writerow(r)
-        out = load_image_set(str(sub), **kw)
-    out.source = str(spec)
-    return out
