@@ -133,10 +133,62 @@ def test_cddpm_eval_command_writes_table_json_and_figure(tmp_path, task):
     rows = settings[0]["metrics"]
     assert set(rows) == {*BASELINES[task], "cDDPM (1 sample)", "cDDPM (mean of 2)"}
     for r in rows.values():
-        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["acutance"] > 0
+        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["edge_sharpness"] > 0
         assert r["lpips"] is None and "frechet_radiomics" in r
+        assert "not comparable to published FID" in r["distance_note"]
     assert "LPIPS skipped" in report["lpips_note"]
     md = (tmp_path / "eval" / "metrics.md").read_text()
     assert "| cDDPM (mean of 2) |" in md and "PSNR" in md
+    assert "edge sharpness" in md and "acutance |" not in md and "not comparable to published FID" in md
     for s in settings:
         assert (tmp_path / "eval" / s["figure"]).is_file()
+
+
+def _phantom_args(num_images, seed, subsample_seed=None):
+    import argparse
+
+    from medsd.commands import cddpm_eval
+
+    parser = argparse.ArgumentParser()
+    cddpm_eval.register(parser.add_subparsers())
+    argv = ["cddpm-eval", "--model", "m", "--out", "o", "--phantom_count", "40"]
+    argv += ["--num_images", str(num_images), "--seed", str(seed)]
+    if subsample_seed is not None:
+        argv += ["--subsample_seed", str(subsample_seed)]
+    return parser.parse_args(argv)
+
+
+def test_cddpm_eval_num_images_is_a_seeded_stratified_subsample():
+    from medsd.commands.cddpm_eval import load_test_images
+
+    # phantom patient ids are their index in the source: the old behaviour gave "0".."5"
+    def ids(**kw):
+        images, pids = load_test_images(_phantom_args(**kw), resolution=16, seed=0)
+        assert images.shape == (len(pids), 1, 16, 16)
+        return pids
+
+    a = ids(num_images=6, seed=0)
+    assert len(a) == 6 and len(set(a)) == 6
+    assert a != [str(i) for i in range(6)]
+    assert ids(num_images=6, seed=0) == a  # reproducible
+    assert ids(num_images=6, seed=1) != a  # the seed matters
+    assert ids(num_images=6, seed=5, subsample_seed=0) == a  # --subsample_seed overrides --seed
+
+
+def test_cddpm_eval_subsample_keeps_label_shares_and_spreads_patients():
+    from medsd.commands.cddpm_eval import choose_test_indices
+
+    class Listing:
+        # 30 "A" images of 3 patients listed first, then 10 "B" images of 10 patients
+        labels = ["A"] * 30 + ["B"] * 10
+        patient_ids = [f"a{i // 10}" for i in range(30)] + [f"b{i}" for i in range(10)]
+
+        def __len__(self):
+            return 40
+
+    ds = Listing()
+    idx = choose_test_indices(ds, 8, seed=3)
+    labels = [ds.labels[i] for i in idx]
+    assert labels.count("A") == 6 and labels.count("B") == 2  # 3:1 as in the whole set
+    assert {ds.patient_ids[i] for i in idx if ds.labels[i] == "A"} == {"a0", "a1", "a2"}
+    assert choose_test_indices(ds, 100, seed=3) == list(range(40))

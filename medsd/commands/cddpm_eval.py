@@ -2,9 +2,11 @@
 
 On a held-out split (patient-level when the data has patient ids) each test image gets a fixed, seeded
 degradation; the cDDPM restores it (one sample, and the mean of ``--num_samples`` samples) and so do the
-classical baselines. Per task/factor: PSNR, SSIM, acutance, LPIPS (when its weights are available) and a
-weight-free distribution distance (Fréchet distance on radiomics features), written as JSON, markdown and a
-figure with rows condition | baselines | cDDPM sample | cDDPM mean | target | std map.
+classical baselines. Per task/factor: PSNR, SSIM, edge sharpness (mean Sobel magnitude; not Med-cDiff's
+"acutance"), LPIPS (when its weights are available) and a weight-free distribution distance (Fréchet distance on
+robustly scaled radiomics features: medsd's own, not comparable to published FID), written as JSON, markdown and
+a figure with rows condition | baselines | cDDPM sample | cDDPM mean | target | std map. ``--num_images N`` is a
+seeded, label- and patient-stratified random subsample of the split (not its first N images).
 """
 
 from __future__ import annotations
@@ -60,7 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mask_kind", default=None, help="inpainting masks: box, irregular, mixed or file")
     p.add_argument("--mask_file", default=None)
-    p.add_argument("--num_images", type=int, default=32, help="test images (at most)")
+    p.add_argument(
+        "--num_images",
+        type=int,
+        default=32,
+        help="test images (at most): a seeded random subsample stratified by label and patient",
+    )
+    p.add_argument(
+        "--subsample_seed",
+        type=int,
+        default=None,
+        help="seed of the --num_images subsample (default: --seed)",
+    )
     p.add_argument("--num_samples", type=int, default=8, help="cDDPM samples per image (mean and std maps)")
     p.add_argument(
         "--sampler",
@@ -113,20 +126,34 @@ def load_test_images(
         data_split=split,
         resolution=resolution,
         intensity=intensity,
-        max_train_samples=args.num_images,
         phantom_count=args.phantom_count,
     )
     cfg = data_config(dargs, seed=seed, split=split)
     if window is not None and hasattr(cfg, "window"):
         cfg = dataclasses.replace(cfg, window=window)
     dataset, _ = build_dataset(cfg)
-    n = min(len(dataset), args.num_images)
-    if n < 2:
+    sub_seed = getattr(args, "subsample_seed", None)
+    idx = choose_test_indices(dataset, args.num_images, args.seed if sub_seed is None else sub_seed)
+    if len(idx) < 2:
         raise ValueError(
             f"the {args.split} split of {args.data} has {len(dataset)} image(s); need at least 2"
         )
-    items = [dataset[i] for i in range(n)]
+    items = [dataset[i] for i in idx]
     return torch.stack([it["pixel_values"] for it in items]).float(), [it.get("patient_id") for it in items]
+
+
+def choose_test_indices(dataset: Any, num_images: int | None, seed: int) -> list[int]:
+    """Indices of the ``num_images`` test images: :func:`medsd.metrics.subsample.stratified_subsample` of the split.
+
+    Each label keeps its share and the images are spread over as many patients as possible, at random with
+    ``seed`` (taking the first N would give whatever order the folder or CSV has).
+    """
+    from medsd.metrics.subsample import stratified_subsample
+
+    n = len(dataset)
+    labels = getattr(dataset, "labels", None)
+    patient_ids = getattr(dataset, "patient_ids", None)
+    return stratified_subsample(n, num_images, labels=labels, patient_ids=patient_ids, seed=seed)
 
 
 def _to01(x: Any) -> Any:
@@ -152,14 +179,26 @@ class _Lpips:
             return None
 
 
+def distance_label(extractor: Any) -> str:
+    """How the distribution distance of ``extractor`` may be read (standard FID, or medsd's own distance)."""
+    if getattr(extractor, "standard", False):
+        return f"FID: standard Fréchet distance on raw {extractor.name} features"
+    return (
+        f"FD ({extractor.name}): Fréchet distance on {extractor.scaling}-scaled {extractor.name} features; "
+        "not comparable to published FID"
+    )
+
+
 def evaluate_restorations(
     predictions: dict[str, Any], target: Any, lpips_fn: Any, features: str = "radiomics"
 ) -> dict[str, dict[str, Any]]:
-    """Per method: PSNR, SSIM, acutance, LPIPS and the Fréchet radiomics distance to the targets.
+    """Per method: PSNR, SSIM, edge sharpness, LPIPS and the Fréchet feature distance to the targets.
 
-    ``predictions``: name -> ``[N, 1, H, W]`` in [-1, 1]; ``target`` the same shape.
+    ``predictions``: name -> ``[N, 1, H, W]`` in [-1, 1]; ``target`` the same shape. Features are scaled with
+    the extractor's own scaling (``scale_features(..., scaling=extractor.scaling)``, as ``medsd eval`` does):
+    robust for radiomics, raw for Inception.
     """
-    from medsd.metrics.distribution import frechet_distance, standardise
+    from medsd.metrics import frechet_distance, scale_features
     from medsd.metrics.features import MissingWeightsError, get_extractor
     from medsd.metrics.paired import paired_metrics
 
@@ -178,14 +217,15 @@ def evaluate_restorations(
         row = {
             "psnr": m["psnr"],
             "ssim": m["ssim"],
-            "acutance": m["acutance_pred"],
-            "acutance_target": m["acutance_target"],
+            "edge_sharpness": m["edge_sharpness_pred"],
+            "edge_sharpness_target": m["edge_sharpness_target"],
             "mae": m["mae"],
             "lpips": lpips_fn(p01, t01),
         }
         if extractor is not None:
-            real_z, fake_z = standardise(real_feats, extractor(p01))
+            real_z, fake_z = scale_features(real_feats, extractor(p01), scaling=extractor.scaling)
             row[f"frechet_{extractor.name}"] = frechet_distance(real_z, fake_z)
+            row["distance_note"] = distance_label(extractor)
         elif feature_note:
             row["distribution_note"] = feature_note
         rows[name] = row
@@ -194,9 +234,11 @@ def evaluate_restorations(
 
 def markdown_table(title: str, rows: dict[str, dict[str, Any]], notes: list[str]) -> str:
     fd_key = next((k for r in rows.values() for k in r if k.startswith("frechet_")), None)
-    head = ["method", "PSNR (dB) ↑", "SSIM ↑", "acutance", "LPIPS ↓"] + (
-        [f"FD {fd_key[8:]} ↓"] if fd_key else []
-    )
+    fd_label = None
+    if fd_key:
+        note = next(iter(rows.values())).get("distance_note", "")
+        fd_label = "FID ↓" if note.startswith("FID") else f"FD {fd_key[8:]}* ↓"
+    head = ["method", "PSNR (dB) ↑", "SSIM ↑", "edge sharpness", "LPIPS ↓"] + ([fd_label] if fd_key else [])
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(v: Any, fmt: str) -> str:
@@ -207,14 +249,21 @@ def markdown_table(title: str, rows: dict[str, dict[str, Any]], notes: list[str]
             name,
             f(r["psnr"], ".2f"),
             f(r["ssim"], ".4f"),
-            f(r["acutance"], ".4f"),
+            f(r["edge_sharpness"], ".4f"),
             f(r["lpips"], ".4f"),
         ]
         if fd_key:
             cells.append(f(r.get(fd_key), ".2f"))
         lines.append("| " + " | ".join(cells) + " |")
-    target_acutance = next(iter(rows.values()))["acutance_target"]
-    lines += ["", f"Target acutance (mean Sobel gradient magnitude): {target_acutance:.4f}."]
+    first = next(iter(rows.values()))
+    lines += [
+        "",
+        f"Target edge sharpness (mean Sobel gradient magnitude; not Med-cDiff's acutance): "
+        f"{first['edge_sharpness_target']:.4f}.",
+    ]
+    if fd_key and first.get("distance_note"):
+        star = "" if fd_label.startswith("FID") else "*"
+        lines.append(f"{star}{first['distance_note']}.")
     lines += [f"Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -371,6 +420,10 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "split_seed": split_seed,
         "num_images": int(len(clean)),
+        "subsample": {
+            "method": "medsd.metrics.subsample.stratified_subsample (label- and patient-stratified, seeded)",
+            "seed": args.seed if args.subsample_seed is None else args.subsample_seed,
+        },
         "num_patients": len({p for p in patient_ids if p is not None}) or None,
         "num_samples": args.num_samples,
         "sampler": args.sampler or type(pipe.scheduler).__name__,
