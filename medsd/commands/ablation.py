@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .experiments import short_ddpm_run_fields
+from .experiments import sample_rows_figure, short_ddpm_run_fields
 
 # name -> (time_embedding, skip_connections, description); the paper's FID in its Table I
 VARIANTS = {
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "ablation.json").write_text(json.dumps(report, indent=1))
     (out / "ablation.md").write_text(render_table(report))
-    figure = _figure(sample_rows, out / "ablation_samples.png")
+    figure = sample_rows_figure(sample_rows, out / "ablation_samples.png")
     print(render_table(report))
     print(f"table: {out / 'ablation.md'}  figure: {figure}")
     return 0
@@ -295,26 +295,3 @@ def render_table(report: dict) -> str:
             f"{r['paper_fid']} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _figure(sample_rows: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_cols = max(len(v) for v in sample_rows.values())
-    fig, axes = plt.subplots(
-        len(sample_rows), n_cols, figsize=(1.3 * n_cols, 1.45 * len(sample_rows)), dpi=110, squeeze=False
-    )
-    for r, (name, images) in enumerate(sample_rows.items()):
-        for c in range(n_cols):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(images):
-                ax.imshow(images[c], cmap="gray", vmin=0, vmax=1)
-        axes[r][0].set_title(name, fontsize=8, loc="left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .experiments import short_ddpm_run_fields
+from .experiments import sample_rows_figure, short_ddpm_run_fields
 
 HELP = "train-on-synthetic, test-on-real: class-wise DDPMs, then classifiers on real / synthetic / both"
 
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "tstr.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "tstr.md").write_text(render_table(report))
-    _figure(grids, out / "tstr_synthetic_samples.png")
+    sample_rows_figure({f"synthetic {k}": v for k, v in grids.items()}, out / "tstr_synthetic_samples.png")
     print(render_table(report))
     print(f"table: {out / 'tstr.md'}  samples: {out / 'tstr_synthetic_samples.png'}")
     return 0
@@ -216,25 +216,3 @@ def render_table(report: dict) -> str:
         lines += ["", f"Command: `{report['command']}`"]
     lines += ["", f"Runtime {report['runtime_minutes']:.1f} min."]
     return "\n".join(lines) + "\n"
-
-
-def _figure(grids: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_cols = max(len(v) for v in grids.values())
-    fig, axes = plt.subplots(
-        len(grids), n_cols, figsize=(1.3 * n_cols, 1.45 * len(grids)), dpi=110, squeeze=False
-    )
-    for r, (name, images) in enumerate(grids.items()):
-        for c in range(n_cols):
-            axes[r][c].axis("off")
-            if c < len(images):
-                axes[r][c].imshow(images[c], cmap="gray", vmin=0, vmax=1)
-        axes[r][0].set_title(f"synthetic {name}", fontsize=8, loc="left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
