@@ -15,7 +15,6 @@ full merged pipeline in ``output_dir/merged``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -25,255 +24,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig, parse_config
-from .core import TrainingTask, TrainResult, seeded_task, train, weight_dtype_for
-from .data_args import DataArgs, data_config, is_jsonl_imagefolder
-from .model_card import write_model_card
+from .config import parse_config
+from .core import TrainingTask, TrainResult, diffusion_target, seeded_task, train, weight_dtype_for
+from .sd_lora_config import (
+    CAPTION_COLUMN_CANDIDATES,
+    DEFAULT_BASE_MODEL,
+    IMAGE_COLUMN_CANDIDATES,
+    TEXT_ENCODER_TARGET_MODULES,
+    UNET_TARGET_MODULES,
+    SDLoRATrainConfig,
+    resolve_data_args,
+)
+from .sd_lora_data import (
+    SDStreamingDataset,
+    SDTensorDataset,
+    build_source_dataset,
+    build_tensor_dataset,
+    prompt_of,
+    to_vae_input,
+    tokenize,
+)
+from .sd_lora_io import LoRACheckpointHooks, lora_state_dicts, save_lora_weights, write_sd_lora_model_card
 
 logger = logging.getLogger("medsd.training.sd_lora")
-
-DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-UNET_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
-TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
-IMAGE_COLUMN_CANDIDATES = ("file_name", "filename", "image", "path", "image_path")
-CAPTION_COLUMN_CANDIDATES = ("text", "caption", "prompt")
-
-
-@dataclasses.dataclass
-class SDLoRATrainConfig(DataArgs, TrainConfig):
-    """LoRA fine-tuning of Stable Diffusion for text-to-X-ray generation (flags follow diffusers'
-    train_text_to_image_lora.py)."""
-
-    pretrained_model_name_or_path: str = DEFAULT_BASE_MODEL
-    """Base Stable Diffusion pipeline: a Hub id or a local folder (model_index.json)."""
-    revision: str | None = None
-    variant: str | None = None
-    """Weight variant of the base model files, e.g. fp16."""
-    train_data_dir: str | None = None
-    """A folder with metadata.csv (file_name + caption or label column; images beside it), a CSV file,
-    or 'phantom' / 'phantom-ct' (generated phantoms with prompts). Overrides train_data."""
-    dataset_name: str | None = None
-    """A Hugging Face datasets id or local dataset folder (image_column default 'image'). Overrides train_data."""
-    image_column: str | None = None
-    """Image column; default: the first of file_name, filename, image, path present."""
-    caption_column: str | None = None
-    """Caption column; default: 'text', 'caption' or 'prompt' when present and no prompt_template is given."""
-    prompt_template: str | None = None
-    """Prompts from metadata fields, e.g. 'a chest x-ray, {label}' with --label_column label."""
-    data_split: str = "all"
-    """all (every image in the source), or train / val / test of a patient-level split."""
-    resolution: int = 512
-    """Training image size (square center crop); 512 for SD 1.x, 256 trains faster."""
-    rank: int = 4
-    """LoRA rank of the U-Net adapters."""
-    lora_alpha: int | None = None
-    """LoRA alpha (scale alpha / rank); default: the rank (scale 1)."""
-    lora_dropout: float = 0.0
-    target_modules: list[str] = dataclasses.field(default_factory=lambda: list(UNET_TARGET_MODULES))
-    """U-Net modules that get LoRA adapters (comma-separated)."""
-    train_text_encoder: bool = False
-    """Also train LoRA adapters on the CLIP text encoder (q/k/v/out projections)."""
-    text_encoder_rank: int | None = None
-    """LoRA rank of the text encoder adapters; default: rank."""
-    text_encoder_target_modules: list[str] = dataclasses.field(
-        default_factory=lambda: list(TEXT_ENCODER_TARGET_MODULES)
-    )
-    cache_latents: bool = False
-    """Encode every image once with the frozen VAE (kept in memory), so steps run only the U-Net."""
-    cache_text_embeddings: bool = False
-    """Encode every prompt once with the frozen text encoder (not with train_text_encoder)."""
-    snr_gamma: float | None = None
-    """Min-SNR loss weighting gamma (5.0 is the recommended value); default: plain MSE."""
-    noise_offset: float = 0.0
-    """Noise offset (e.g. 0.05) for a wider range of image brightness."""
-    prediction_type: str | None = None
-    """epsilon or v_prediction; default: the base model scheduler's."""
-    validation_prompt: str | None = None
-    """Prompt(s) rendered every validation_steps into samples/; separate several with '|'."""
-    num_validation_images: int = 4
-    """Images per validation prompt."""
-    validation_inference_steps: int = 30
-    validation_guidance_scale: float = 4.0
-    export_merged: bool = False
-    """Also write a full pipeline with the LoRA merged into output_dir/merged."""
-    output_dir: str = "outputs/sd-lora-xray"
-    train_batch_size: int = 4
-    checkpointing_steps: int = 500
-    validation_steps: int = 250
-    # diffusers' train_text_to_image_lora.py names
-    enable_xformers_memory_efficient_attention: bool = False
-    """Use xformers attention when installed (otherwise PyTorch's scaled-dot-product attention, the default)."""
-    num_train_epochs: int | None = None
-    """Train this many passes over the data (sets max_train_steps)."""
-    validation_epochs: int | None = None
-    """Validate every this many epochs (sets validation_steps)."""
-
-    def resolved_train_data(self) -> str:
-        """The DataArgs ``train_data`` string that train_data_dir / dataset_name stand for."""
-        if self.dataset_name:
-            return f"hf:{self.dataset_name}"
-        if self.train_data_dir:
-            d = self.train_data_dir
-            if d in ("phantom", "phantom-chest", "phantom-ct"):
-                return d
-            p = Path(d)
-            if p.is_dir() and (p / "metadata.jsonl").is_file():  # diffusers' imagefolder layout
-                return str(p)
-            if p.is_dir() and (p / "metadata.csv").is_file():
-                return str(p / "metadata.csv")
-            if not p.exists():
-                raise FileNotFoundError(
-                    f"train_data_dir {d!r} does not exist (expected a folder with metadata.csv, a CSV file, "
-                    "'phantom' or 'phantom-ct')"
-                )
-            return str(p)
-        return self.train_data
-
-
-def _csv_columns(path: str) -> list[str]:
-    import csv
-
-    with open(path, newline="") as f:
-        return next(csv.reader(f), [])
-
-
-def resolve_data_args(config: SDLoRATrainConfig) -> DataArgs:
-    """DataArgs for ``medsd.data``: aliases resolved and image / caption columns detected."""
-    source = config.resolved_train_data()
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(DataArgs)}
-    values["train_data"] = source
-    image_col, caption_col = config.image_column, config.caption_column
-    if source.endswith(".csv"):
-        columns = _csv_columns(source)
-        if image_col is None:
-            image_col = next((c for c in IMAGE_COLUMN_CANDIDATES if c in columns), None)
-            if image_col is None:
-                raise ValueError(f"{source}: no image column among {columns}; pass --image_column")
-        elif image_col not in columns:
-            raise ValueError(f"{source}: image_column {image_col!r} not in {columns}")
-        if caption_col is None and config.prompt_template is None:
-            caption_col = next((c for c in CAPTION_COLUMN_CANDIDATES if c in columns), None)
-            if caption_col is None:
-                raise ValueError(
-                    f"{source}: no caption column (text, caption, prompt) among {columns}; pass "
-                    "--caption_column, or --label_column with --prompt_template 'a chest x-ray, {label}'"
-                )
-        elif caption_col is not None and caption_col not in columns:
-            raise ValueError(f"{source}: caption_column {caption_col!r} not in {columns}")
-    elif source.startswith("hf:") or is_jsonl_imagefolder(source):
-        image_col = image_col or "image"
-        if caption_col is None and config.prompt_template is None:
-            caption_col = "text"
-    values["image_column"] = image_col or "filename"
-    values["caption_column"] = caption_col
-    return DataArgs(**values)
-
-
-def build_source_dataset(config: SDLoRATrainConfig) -> tuple[Any, Any]:
-    """(dataset yielding ``pixel_values`` [1, H, W] in [-1, 1] and ``prompt``, intensity mapping)."""
-    from medsd.data import build_dataset
-
-    args = resolve_data_args(config)
-    return build_dataset(data_config(args, seed=config.seed))
-
-
-class SDTensorDataset:
-    """Training tensors prepared once: images (or VAE latent distributions) and token ids (or prompt
-    embeddings). ``get_batch`` slices them on the training device; ``__getitem__`` serves a DataLoader."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], prompt_index: torch.Tensor | None = None):
-        self.tensors = tensors
-        self.prompt_index = prompt_index
-        self.length = len(next(iter(v for k, v in tensors.items() if k != "prompt_embeds")))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def _select(self, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        out = {}
-        for key, value in self.tensors.items():
-            if key == "prompt_embeds":
-                pidx = self.prompt_index[idx.to(self.prompt_index.device)]
-                out[key] = value[pidx.to(value.device)].to(device, non_blocking=True)
-            else:
-                out[key] = value[idx.to(value.device)].to(device, non_blocking=True)
-        return out
-
-    def get_batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        return self._select(torch.as_tensor(indices, dtype=torch.long), device)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        batch = self._select(torch.as_tensor([i], dtype=torch.long), torch.device("cpu"))
-        return {k: v[0] for k, v in batch.items()}
-
-
-class SDStreamingDataset(torch.utils.data.Dataset):
-    """Items read on the fly from the source dataset: ``pixel_values`` [1, H, W] and ``input_ids``."""
-
-    def __init__(self, source: Any, tokenizer: Any):
-        self.source, self.tokenizer = source, tokenizer
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self.source[i]
-        return {
-            "pixel_values": item["pixel_values"].float(),
-            "input_ids": tokenize(self.tokenizer, [prompt_of(item)])[0],
-        }
-
-
-def prompt_of(item: dict[str, Any]) -> str:
-    prompt = item.get("prompt")
-    if prompt is None:
-        raise ValueError(
-            f"{item.get('path')}: no prompt; pass --caption_column, or --label_column with --prompt_template"
-        )
-    return prompt
-
-
-def tokenize(tokenizer: Any, prompts: list[str]) -> torch.Tensor:
-    return tokenizer(
-        prompts,
-        max_length=tokenizer.model_max_length,
-        padding="max_length",
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
-def to_vae_input(pixel_values: torch.Tensor) -> torch.Tensor:
-    """1-channel images in [-1, 1] replicated to the 3 channels the Stable Diffusion VAE expects."""
-    if pixel_values.shape[1] == 1:
-        return pixel_values.expand(-1, 3, -1, -1)
-    if pixel_values.shape[1] != 3:
-        raise ValueError(f"expected 1- or 3-channel images, got shape {tuple(pixel_values.shape)}")
-    return pixel_values
-
-
-def _lora_state_dicts(unet: nn.Module, text_encoder: nn.Module | None) -> dict[str, Any]:
-    """Keyword arguments of ``StableDiffusionPipeline.save_lora_weights`` (diffusers format + metadata)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    def contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.detach().contiguous() for k, v in sd.items()}
-
-    kwargs: dict[str, Any] = {
-        "unet_lora_layers": contiguous(
-            convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, save_embedding_layers=False))
-        ),
-        "unet_lora_adapter_metadata": unet.peft_config["default"].to_dict(),
-    }
-    if text_encoder is not None:
-        kwargs["text_encoder_lora_layers"] = contiguous(
-            convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(text_encoder, save_embedding_layers=False)
-            )
-        )
-        kwargs["text_encoder_lora_adapter_metadata"] = text_encoder.peft_config["default"].to_dict()
-    return kwargs
 
 
 class SDLoRATask(TrainingTask):
@@ -393,14 +166,19 @@ class SDLoRATask(TrainingTask):
                 module.to(dtype=dtype)
         trained = [self.unet] + ([self.text_encoder] if self.config.train_text_encoder else [])
         cast_training_params(trained, dtype=torch.float32)
-        accelerator.register_save_state_pre_hook(self._save_state_hook)
-        accelerator.register_load_state_pre_hook(self._load_state_hook)
+        LoRACheckpointHooks(
+            accelerator, self.unet, self.text_encoder, self.config.train_text_encoder
+        ).register()
 
     def train_dataset(self) -> Any:
         cfg = self.config
         if not (cfg.cache_latents or cfg.cache_text_embeddings or cfg.cache_images_on_device):
             return SDStreamingDataset(self.source, self.tokenizer)
-        return self._build_tensor_dataset()
+        device = self.accelerator.device if self.accelerator is not None else torch.device("cpu")
+        self._flip_in_loss = cfg.random_flip and not cfg.cache_latents
+        return build_tensor_dataset(
+            self.source, cfg, self.vae, self.tokenizer, self.text_encoder, device, self.weight_dtype
+        )
 
     def loss(self, batch: dict[str, Any], modules: dict[str, nn.Module], accelerator: Any) -> torch.Tensor:
         from diffusers.training_utils import compute_snr
@@ -425,10 +203,7 @@ class SDLoRATask(TrainingTask):
         else:
             with torch.no_grad():
                 hidden = self.text_encoder(batch["input_ids"], return_dict=False)[0]
-        if self.prediction_type == "epsilon":
-            target = noise
-        else:
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        target = diffusion_target(self.noise_scheduler, self.prediction_type, latents, noise, timesteps)
         pred = unet(noisy, timesteps, hidden, return_dict=False)[0]
         if cfg.snr_gamma is None:
             return F.mse_loss(pred.float(), target.float())
@@ -453,15 +228,10 @@ class SDLoRATask(TrainingTask):
         return postprocess(images, "pil")
 
     def save(self, output_dir: Path, modules: dict[str, nn.Module], accelerator: Any) -> None:
-        from diffusers import StableDiffusionPipeline
-
         from medsd.pipelines.lora_io import LORA_INFO_FILE, export_merged_pipeline
 
         cfg = self.config
-        text_encoder = modules.get("text_encoder")
-        StableDiffusionPipeline.save_lora_weights(
-            output_dir, **_lora_state_dicts(modules["unet"], text_encoder)
-        )
+        save_lora_weights(output_dir, modules["unet"], modules.get("text_encoder"))
         info = self.lora_info()
         with open(output_dir / LORA_INFO_FILE, "w") as f:
             json.dump(info, f, indent=1)
@@ -469,7 +239,8 @@ class SDLoRATask(TrainingTask):
             self.mapping.save(output_dir / "intensity_mapping.json")
         if cfg.export_merged:
             export_merged_pipeline(output_dir, output_dir / "merged")
-        self._write_model_card(output_dir)
+        prompts = self.validation_prompts()
+        write_sd_lora_model_card(output_dir, cfg, prompts[0] if prompts else "a chest x-ray, no finding")
 
     # -- helpers -----------------------------------------------------------------------------------
     def validation_prompts(self) -> list[str]:
@@ -512,11 +283,14 @@ class SDLoRATask(TrainingTask):
         }
 
     def pipeline(self, modules: dict[str, nn.Module] | None = None) -> Any:
-        """A ``StableDiffusionPipeline`` over the in-memory components (no copy of any weight)."""
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+        """A :class:`~medsd.pipelines.text2xray.TextToXRayPipeline` (a ``StableDiffusionPipeline``) over the
+        in-memory components (no copy of any weight), with the training data's intensity mapping."""
+        from diffusers import DPMSolverMultistepScheduler
+
+        from medsd.pipelines.text2xray import TextToXRayPipeline
 
         modules = modules or self.modules()
-        pipe = StableDiffusionPipeline(
+        pipe = TextToXRayPipeline(
             vae=self.vae,
             text_encoder=modules.get("text_encoder", self.text_encoder),
             tokenizer=self.tokenizer,
@@ -525,6 +299,8 @@ class SDLoRATask(TrainingTask):
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
+            intensity_mapping=self.mapping,
+            medsd_metadata={"resolution": self.config.resolution, "prompt_template": self.prompt_template()},
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -551,7 +327,7 @@ class SDLoRATask(TrainingTask):
             autocast = torch.autocast(device.type, dtype=self.weight_dtype)
         try:
             with autocast:
-                rgb = pipe(
+                gray = pipe(
                     prompts,
                     num_images_per_prompt=num_images_per_prompt,
                     num_inference_steps=cfg.validation_inference_steps,
@@ -564,7 +340,7 @@ class SDLoRATask(TrainingTask):
         finally:
             for m, flag in zip(trained, was_training):
                 m.train(flag)
-        return rgb.float().mean(dim=1, keepdim=True) * 2 - 1
+        return gray
 
     def _latents(self, batch: dict[str, Any]) -> torch.Tensor:
         sf = self.vae.config.scaling_factor
@@ -587,162 +363,6 @@ class SDLoRATask(TrainingTask):
 
     _flip_in_loss = False
 
-    @torch.no_grad()
-    def _build_tensor_dataset(self) -> SDTensorDataset:
-        """Read the source once; encode images with the VAE / prompts with the text encoder when asked."""
-        from tqdm.auto import tqdm
-
-        cfg = self.config
-        device = self.accelerator.device if self.accelerator is not None else torch.device("cpu")
-        storage = device if cfg.cache_images_on_device else torch.device("cpu")
-        pixels, prompts = [], []
-        for i in tqdm(range(len(self.source)), desc="reading images", disable=not cfg.progress_bar):
-            item = self.source[i]
-            pixels.append(item["pixel_values"].float())
-            prompts.append(prompt_of(item))
-        tensors: dict[str, torch.Tensor] = {}
-        prompt_index = None
-        if cfg.cache_latents:
-            means, stds, fmeans, fstds = [], [], [], []
-            bs = max(1, cfg.train_batch_size)
-            for start in tqdm(
-                range(0, len(pixels), bs), desc="encoding latents", disable=not cfg.progress_bar
-            ):
-                x = torch.stack(pixels[start : start + bs]).to(device, self.vae.dtype)
-                dist = self.vae.encode(to_vae_input(x)).latent_dist
-                means.append(dist.mean.float().to(storage))
-                stds.append(dist.std.float().to(storage))
-                if cfg.random_flip:
-                    fdist = self.vae.encode(to_vae_input(x.flip(-1))).latent_dist
-                    fmeans.append(fdist.mean.float().to(storage))
-                    fstds.append(fdist.std.float().to(storage))
-            tensors["latent_mean"], tensors["latent_std"] = torch.cat(means), torch.cat(stds)
-            if cfg.random_flip:
-                tensors["latent_mean_flipped"], tensors["latent_std_flipped"] = (
-                    torch.cat(fmeans),
-                    torch.cat(fstds),
-                )
-        else:
-            tensors["pixel_values"] = torch.stack(pixels).to(
-                storage, torch.float16 if storage.type == "cuda" else torch.float32
-            )
-            self._flip_in_loss = cfg.random_flip
-        if cfg.cache_text_embeddings:
-            unique = sorted(set(prompts))
-            lookup = {p: k for k, p in enumerate(unique)}
-            embeds = []
-            for start in range(0, len(unique), 64):
-                ids = tokenize(self.tokenizer, unique[start : start + 64]).to(device)
-                embeds.append(self.text_encoder(ids, return_dict=False)[0].to(storage, self.weight_dtype))
-            tensors["prompt_embeds"] = torch.cat(embeds)
-            prompt_index = torch.tensor([lookup[p] for p in prompts], dtype=torch.long, device=storage)
-            logger.info("cached text embeddings of %d distinct prompts", len(unique))
-        else:
-            tensors["input_ids"] = tokenize(self.tokenizer, prompts).to(storage)
-        return SDTensorDataset(tensors, prompt_index)
-
-    def _save_state_hook(self, models: list[nn.Module], weights: list[Any], output_dir: str) -> None:
-        """Checkpoints hold only the LoRA weights (diffusers format), not the frozen base model."""
-        from diffusers import StableDiffusionPipeline
-
-        unwrap = self.accelerator.unwrap_model
-        ours = [i for i, model in enumerate(models) if unwrap(model) in (self.unet, self.text_encoder)]
-        if not ours:
-            return
-        for i in reversed(ours):
-            if i < len(weights):
-                weights.pop(i)
-        if self.accelerator.is_main_process:
-            text_encoder = self.text_encoder if self.config.train_text_encoder else None
-            StableDiffusionPipeline.save_lora_weights(
-                output_dir, **_lora_state_dicts(self.unet, text_encoder)
-            )
-
-    def _load_state_hook(self, models: list[nn.Module], input_dir: str) -> None:
-        from diffusers import StableDiffusionPipeline
-        from diffusers.training_utils import cast_training_params
-        from diffusers.utils import convert_unet_state_dict_to_peft
-        from peft.utils import set_peft_model_state_dict
-
-        unwrap = self.accelerator.unwrap_model
-        ours = [i for i, model in enumerate(models) if unwrap(model) in (self.unet, self.text_encoder)]
-        if not ours:
-            return
-        for i in reversed(ours):
-            models.pop(i)
-        state_dict, _ = StableDiffusionPipeline.lora_state_dict(input_dir)
-        unet_sd = {k[len("unet.") :]: v for k, v in state_dict.items() if k.startswith("unet.")}
-        result = set_peft_model_state_dict(
-            self.unet, convert_unet_state_dict_to_peft(unet_sd), adapter_name="default"
-        )
-        unexpected = getattr(result, "unexpected_keys", None)
-        if unexpected:
-            raise RuntimeError(f"{input_dir}: unexpected U-Net LoRA keys {unexpected[:5]}")
-        if self.config.train_text_encoder:
-            # Public conversions (diffusers format -> peft) in place of diffusers' private
-            # ``_set_state_dict_into_text_encoder``, which does the same.
-            from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
-
-            te_sd = {
-                k[len("text_encoder.") :]: v for k, v in state_dict.items() if k.startswith("text_encoder.")
-            }
-            if not te_sd:
-                raise RuntimeError(f"{input_dir}: the checkpoint holds no text-encoder LoRA weights")
-            result = set_peft_model_state_dict(
-                self.text_encoder,
-                convert_state_dict_to_peft(convert_state_dict_to_diffusers(te_sd)),
-                adapter_name="default",
-            )
-            unexpected = getattr(result, "unexpected_keys", None)
-            if unexpected:
-                raise RuntimeError(f"{input_dir}: unexpected text-encoder LoRA keys {unexpected[:5]}")
-        trained = [self.unet] + ([self.text_encoder] if self.config.train_text_encoder else [])
-        cast_training_params(trained, dtype=torch.float32)
-
-    def _write_model_card(self, output_dir: Path) -> None:
-        cfg = self.config
-        prompt = self.validation_prompts()[0] if self.validation_prompts() else "a chest x-ray, no finding"
-        write_model_card(
-            output_dir,
-            title="medsd text-to-X-ray LoRA",
-            summary=(
-                f"LoRA adapters (rank {cfg.rank}) for `{cfg.pretrained_model_name_or_path}` fine-tuned on "
-                f"{cfg.resolution} px chest X-rays ({cfg.resolved_train_data()}) to generate synthetic "
-                "radiographs from text prompts."
-            ),
-            usage=(
-                "import torch\n"
-                "from medsd import MedPipeline\n\n"
-                f'pipe = MedPipeline.from_pretrained("{output_dir.name}")  # 1-channel text-to-X-ray\n'
-                f'images = pipe("{prompt}", generator=torch.Generator().manual_seed(0)).images\n\n'
-                "# or with plain diffusers (3-channel output)\n"
-                "from diffusers import StableDiffusionPipeline\n"
-                f'sd = StableDiffusionPipeline.from_pretrained("{cfg.pretrained_model_name_or_path}")\n'
-                f'sd.load_lora_weights("{output_dir.name}")'
-            ),
-            training={
-                k: getattr(cfg, k)
-                for k in (
-                    "pretrained_model_name_or_path",
-                    "resolution",
-                    "prompt_template",
-                    "rank",
-                    "train_text_encoder",
-                    "max_train_steps",
-                    "train_batch_size",
-                    "learning_rate",
-                    "mixed_precision",
-                    "snr_gamma",
-                )
-            },
-            tags=["lora", "stable-diffusion", "text-to-image", "chest-x-ray"],
-            base_model=cfg.pretrained_model_name_or_path
-            if "/" in cfg.pretrained_model_name_or_path
-            and not Path(cfg.pretrained_model_name_or_path).exists()
-            else None,
-            pipeline_tag="text-to-image",
-        )
-
 
 def train_sd_lora(config: SDLoRATrainConfig) -> TrainResult:
     """Train (or resume) a LoRA as ``config`` says; the library entry point."""
@@ -761,3 +381,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["SDLoRATrainConfig", "SDLoRATask", "train_sd_lora", "main", "to_vae_input", "build_source_dataset"]
+# re-exported from the modules this one was split into (they were defined here before)
+__all__ += [
+    "CAPTION_COLUMN_CANDIDATES",
+    "DEFAULT_BASE_MODEL",
+    "IMAGE_COLUMN_CANDIDATES",
+    "TEXT_ENCODER_TARGET_MODULES",
+    "UNET_TARGET_MODULES",
+    "SDStreamingDataset",
+    "SDTensorDataset",
+    "lora_state_dicts",
+    "prompt_of",
+    "resolve_data_args",
+    "tokenize",
+]

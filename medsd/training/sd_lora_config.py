@@ -1,0 +1,156 @@
+"""The configuration of SD LoRA training (:class:`SDLoRATrainConfig`) and its data-source resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .config import TrainConfig
+from .data_args import DataArgs, is_jsonl_imagefolder
+
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+UNET_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
+TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
+IMAGE_COLUMN_CANDIDATES = ("file_name", "filename", "image", "path", "image_path")
+CAPTION_COLUMN_CANDIDATES = ("text", "caption", "prompt")
+
+
+@dataclasses.dataclass
+class SDLoRATrainConfig(DataArgs, TrainConfig):
+    """LoRA fine-tuning of Stable Diffusion for text-to-X-ray generation (flags follow diffusers'
+    train_text_to_image_lora.py)."""
+
+    pretrained_model_name_or_path: str = DEFAULT_BASE_MODEL
+    """Base Stable Diffusion pipeline: a Hub id or a local folder (model_index.json)."""
+    revision: str | None = None
+    variant: str | None = None
+    """Weight variant of the base model files, e.g. fp16."""
+    train_data_dir: str | None = None
+    """A folder with metadata.csv (file_name + caption or label column; images beside it), a CSV file,
+    or 'phantom' / 'phantom-ct' (generated phantoms with prompts). Overrides train_data."""
+    dataset_name: str | None = None
+    """A Hugging Face datasets id or local dataset folder (image_column default 'image'). Overrides train_data."""
+    image_column: str | None = None
+    """Image column; default: the first of file_name, filename, image, path present."""
+    caption_column: str | None = None
+    """Caption column; default: 'text', 'caption' or 'prompt' when present and no prompt_template is given."""
+    prompt_template: str | None = None
+    """Prompts from metadata fields, e.g. 'a chest x-ray, {label}' with --label_column label."""
+    data_split: str = "all"
+    """all (every image in the source), or train / val / test of a patient-level split."""
+    resolution: int = 512
+    """Training image size (square center crop); 512 for SD 1.x, 256 trains faster."""
+    rank: int = 4
+    """LoRA rank of the U-Net adapters."""
+    lora_alpha: int | None = None
+    """LoRA alpha (scale alpha / rank); default: the rank (scale 1)."""
+    lora_dropout: float = 0.0
+    target_modules: list[str] = dataclasses.field(default_factory=lambda: list(UNET_TARGET_MODULES))
+    """U-Net modules that get LoRA adapters (comma-separated)."""
+    train_text_encoder: bool = False
+    """Also train LoRA adapters on the CLIP text encoder (q/k/v/out projections)."""
+    text_encoder_rank: int | None = None
+    """LoRA rank of the text encoder adapters; default: rank."""
+    text_encoder_target_modules: list[str] = dataclasses.field(
+        default_factory=lambda: list(TEXT_ENCODER_TARGET_MODULES)
+    )
+    cache_latents: bool = False
+    """Encode every image once with the frozen VAE (kept in memory), so steps run only the U-Net."""
+    cache_text_embeddings: bool = False
+    """Encode every prompt once with the frozen text encoder (not with train_text_encoder)."""
+    snr_gamma: float | None = None
+    """Min-SNR loss weighting gamma (5.0 is the recommended value); default: plain MSE."""
+    noise_offset: float = 0.0
+    """Noise offset (e.g. 0.05) for a wider range of image brightness."""
+    prediction_type: str | None = None
+    """epsilon or v_prediction; default: the base model scheduler's."""
+    validation_prompt: str | None = None
+    """Prompt(s) rendered every validation_steps into samples/; separate several with '|'."""
+    num_validation_images: int = 4
+    """Images per validation prompt."""
+    validation_inference_steps: int = 30
+    validation_guidance_scale: float = 4.0
+    export_merged: bool = False
+    """Also write a full pipeline with the LoRA merged into output_dir/merged."""
+    output_dir: str = "outputs/sd-lora-xray"
+    train_batch_size: int = 4
+    checkpointing_steps: int = 500
+    validation_steps: int = 250
+    # diffusers' train_text_to_image_lora.py names
+    enable_xformers_memory_efficient_attention: bool = False
+    """Use xformers attention when installed (otherwise PyTorch's scaled-dot-product attention, the default)."""
+    num_train_epochs: int | None = None
+    """Train this many passes over the data (sets max_train_steps)."""
+    validation_epochs: int | None = None
+    """Validate every this many epochs (sets validation_steps)."""
+
+    def resolved_train_data(self) -> str:
+        """The DataArgs ``train_data`` string that train_data_dir / dataset_name stand for."""
+        if self.dataset_name:
+            return f"hf:{self.dataset_name}"
+        if self.train_data_dir:
+            d = self.train_data_dir
+            if d in ("phantom", "phantom-chest", "phantom-ct"):
+                return d
+            p = Path(d)
+            if p.is_dir() and (p / "metadata.jsonl").is_file():  # diffusers' imagefolder layout
+                return str(p)
+            if p.is_dir() and (p / "metadata.csv").is_file():
+                return str(p / "metadata.csv")
+            if not p.exists():
+                raise FileNotFoundError(
+                    f"train_data_dir {d!r} does not exist (expected a folder with metadata.csv, a CSV file, "
+                    "'phantom' or 'phantom-ct')"
+                )
+            return str(p)
+        return self.train_data
+
+
+def _csv_columns(path: str) -> list[str]:
+    import csv
+
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def resolve_data_args(config: SDLoRATrainConfig) -> DataArgs:
+    """DataArgs for ``medsd.data``: aliases resolved and image / caption columns detected."""
+    source = config.resolved_train_data()
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(DataArgs)}
+    values["train_data"] = source
+    image_col, caption_col = config.image_column, config.caption_column
+    if source.endswith(".csv"):
+        columns = _csv_columns(source)
+        if image_col is None:
+            image_col = next((c for c in IMAGE_COLUMN_CANDIDATES if c in columns), None)
+            if image_col is None:
+                raise ValueError(f"{source}: no image column among {columns}; pass --image_column")
+        elif image_col not in columns:
+            raise ValueError(f"{source}: image_column {image_col!r} not in {columns}")
+        if caption_col is None and config.prompt_template is None:
+            caption_col = next((c for c in CAPTION_COLUMN_CANDIDATES if c in columns), None)
+            if caption_col is None:
+                raise ValueError(
+                    f"{source}: no caption column (text, caption, prompt) among {columns}; pass "
+                    "--caption_column, or --label_column with --prompt_template 'a chest x-ray, {label}'"
+                )
+        elif caption_col is not None and caption_col not in columns:
+            raise ValueError(f"{source}: caption_column {caption_col!r} not in {columns}")
+    elif source.startswith("hf:") or is_jsonl_imagefolder(source):
+        image_col = image_col or "image"
+        if caption_col is None and config.prompt_template is None:
+            caption_col = "text"
+    values["image_column"] = image_col or "filename"
+    values["caption_column"] = caption_col
+    return DataArgs(**values)
+
+
+__all__ = [
+    "CAPTION_COLUMN_CANDIDATES",
+    "DEFAULT_BASE_MODEL",
+    "IMAGE_COLUMN_CANDIDATES",
+    "TEXT_ENCODER_TARGET_MODULES",
+    "UNET_TARGET_MODULES",
+    "SDLoRATrainConfig",
+    "resolve_data_args",
+]
