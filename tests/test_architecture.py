@@ -103,7 +103,6 @@ def test_only_the_data_layer_opens_image_files():
     assert not offenders, offenders
 
 
-@pytest.mark.xfail(strict=True, reason="open: medsd/commands/generate.py is 663 lines (issue #11)")
 def test_modules_and_training_functions_are_small():
     big = [
         f"{p.relative_to(ROOT)}: {n}"
