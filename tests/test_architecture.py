@@ -88,9 +88,6 @@ def test_imports_flow_one_way():
     assert not bad, bad
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open: medsd/metrics/io.py still reads images itself (issue #11, data path)"
-)
 def test_only_the_data_layer_opens_image_files():
     readers = ("Image.open(", "dcmread(", "nib.load(", "nibabel.load(", "imageio.", "tifffile.imread(")
     offenders = [

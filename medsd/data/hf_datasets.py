@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, IterableDataset
 from .datasets import SPLITS, _hash_part, _ImageItems, _progress, _warn_skipped, patient_split  # noqa: F401
 from .errors import MedImageError
 from .intensity import IntensityMapping
-from .io import pil_to_array, read_image
+from .io import pil_to_array, read_image, rgb_to_gray
 from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
 from .transforms import ImageTransform
 
@@ -40,7 +40,7 @@ def _image_to_array(value: Any, where: str) -> np.ndarray:
     except Exception as e:
         raise MedImageError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None
     if a.ndim == 3 and a.shape[-1] in (3, 4):
-        a = a[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        a = rgb_to_gray(a)
     a = np.squeeze(a)
     if a.ndim != 2:
         raise MedImageError(f"{where}: expected a 2-D image, got shape {a.shape}")

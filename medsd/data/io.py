@@ -107,7 +107,11 @@ def _png_bit_depth(path: Path) -> int | None:
     return None
 
 
-def _rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """``[..., 3|4]`` colour to float32 grey (ITU-R BT.601 luma); grey stored as RGB keeps its exact values.
+
+    The one grey conversion of medsd: readers, ``datasets`` images and evaluation all use it.
+    """
     rgb = rgb[..., :3]
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
         return rgb[..., 0].astype(np.float32)  # grey stored as RGB: keep the exact values
@@ -129,7 +133,7 @@ def pil_to_array(im: Any) -> tuple[np.ndarray, int]:
         return np.asarray(im, dtype=np.float32), 32
     if mode not in ("RGB", "RGBA"):
         im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
-    return _rgb_to_gray(np.asarray(im)), 8
+    return rgb_to_gray(np.asarray(im)), 8
 
 
 def _read_pil(path: Path, frame: int | None) -> MedImage:
@@ -175,7 +179,7 @@ def _read_tifffile(path: Path, frame: int | None, pil_error: Exception) -> MedIm
         raise MedImageError(f"{path}: cannot decode TIFF ({type(e).__name__}: {e})") from None
     depth = a.dtype.itemsize * 8
     if a.ndim == 3 and a.shape[-1] in (3, 4):
-        a = _rgb_to_gray(a)
+        a = rgb_to_gray(a)
     if a.ndim != 2:
         raise MedImageError(f"{path}: expected a 2-D grey or RGB TIFF page, got shape {a.shape}")
     return MedImage(a.astype(np.float32), _meta(path, "TIFF", depth))
@@ -212,7 +216,7 @@ def _read_dicom(path: Path, frame: int | None) -> MedImage:
     elif frame not in (None, 0):
         raise MedImageError(f"{path}: frame {frame} out of range; the file has 1 frame")
     if samples > 1:
-        arr = _rgb_to_gray(np.asarray(arr))
+        arr = rgb_to_gray(np.asarray(arr))
     if arr.ndim != 2:
         raise MedImageError(f"{path}: expected a 2-D DICOM image, got pixel array of shape {arr.shape}")
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))

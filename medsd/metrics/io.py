@@ -12,14 +12,15 @@
 
 Preprocessing (the same for every extractor and metric, documented in docs/evaluation.md):
 
-1. decode to grayscale (RGB is converted with ITU-R 601 luma, as PIL ``convert("L")`` does);
+1. decode with the data layer (``medsd.data.io.read_image``, the reader training uses) to grayscale (RGB with
+   ``medsd.data.io.rgb_to_gray``, ITU-R 601 luma);
 2. intensity to ``[0, 1]``: integer images are divided by their type's maximum (255 for 8-bit, 65535 for 16-bit), so
    global brightness and contrast differences between sets are kept; float images (DICOM/NIfTI through
    ``medsd.data.read_image``) are min-max scaled per image;
-3. centre crop to a square on the short side, then resize to ``size x size`` (bilinear, antialiased).
+3. resize the short side to ``size`` and centre crop (``medsd.data.transforms``: bilinear, antialiased, as in
+   training).
 
-Files are decoded with the data layer (``medsd.data.io.read_image``) when it is installed (PNG/JPEG 8/16-bit by
-bit depth, DICOM by its stored window, else min-max), with a plain PIL fallback otherwise.
+PNG/JPEG/TIFF are scaled by their bit depth, DICOM by its stored window, anything else min-max.
 """
 
 from __future__ import annotations
@@ -76,12 +77,11 @@ class ImageSet:
 
 def to_unit_range(array: np.ndarray) -> np.ndarray:
     """Map a decoded 2-D array to float32 [0, 1] (integer: divide by dtype max; float: min-max)."""
+    from medsd.data.io import rgb_to_gray
+
     a = np.asarray(array)
-    if a.ndim == 3:  # HxWxC -> luma
-        if a.shape[-1] >= 3:
-            a = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-        else:
-            a = a[..., 0]
+    if a.ndim == 3:  # HxWxC -> grey
+        a = rgb_to_gray(a) if a.shape[-1] >= 3 else a[..., 0]
     if np.issubdtype(np.asarray(array).dtype, np.integer):
         info = np.iinfo(np.asarray(array).dtype)
         out = a.astype(np.float32) / float(info.max)
@@ -95,32 +95,28 @@ def to_unit_range(array: np.ndarray) -> np.ndarray:
 
 
 def square_resize(image01: np.ndarray, size: int) -> np.ndarray:
-    """Centre crop to a square on the short side and resize to ``size`` (bilinear, antialiased)."""
-    from PIL import Image
+    """Resize the short side to ``size`` and centre crop a square, as training's transforms do."""
+    import torch
 
-    h, w = image01.shape
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    crop = image01[top : top + s, left : left + s]
-    if s == size:
-        return crop.astype(np.float32)
-    pil = Image.fromarray(crop.astype(np.float32), mode="F")
-    return np.asarray(pil.resize((size, size), Image.BILINEAR), dtype=np.float32).clip(0, 1)
+    from medsd.data.transforms import center_crop, resize_short_side
+
+    x = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))[None]
+    if min(x.shape[-2:]) != size:
+        x = resize_short_side(x, size)
+    return center_crop(x, size)[0].numpy().clip(0, 1).astype(np.float32)
 
 
 def preprocess(array: np.ndarray, size: int) -> np.ndarray:
     return square_resize(to_unit_range(array), size)
 
 
-def _read_with_data_layer(path: str) -> np.ndarray | None:
-    """Decode with ``medsd.data.read_image`` when the data layer is installed; map to [0, 1] by its metadata.
+def _read_pixels(path: str) -> np.ndarray:
+    """Decode one file with the data layer and map it to float32 [0, 1] by its metadata.
 
     PNG/JPEG/TIFF: divide by 2**bit_depth - 1; DICOM with a stored window: that window; otherwise min-max.
     """
-    try:
-        from medsd.data.io import read_image
-    except ImportError:
-        return None
+    from medsd.data.io import read_image
+
     img = read_image(path)
     a = np.asarray(img.array, dtype=np.float32)
     meta = img.meta or {}
@@ -133,31 +129,8 @@ def _read_with_data_layer(path: str) -> np.ndarray | None:
     return to_unit_range(a)
 
 
-def _read_pixels(path: str) -> np.ndarray:
-    """Decode one file to a 2-D array: integer dtype (PIL fallback) or float32 already in [0, 1] (data layer)."""
-    a = _read_with_data_layer(path)
-    if a is not None:
-        return a
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L"):
-            return np.asarray(im, dtype=np.uint16)
-        if im.mode == "I":
-            a = np.asarray(im)
-            return a.astype(np.uint16) if a.max() <= 65535 and a.min() >= 0 else a.astype(np.float32)
-        if im.mode == "F":
-            return np.asarray(im, dtype=np.float32)
-        if im.mode != "L":
-            im = im.convert("L")
-        return np.asarray(im, dtype=np.uint8)
-
-
 def read_preprocessed(path: str, size: int) -> np.ndarray:
-    a = _read_pixels(path)
-    if a.dtype == np.float32 and a.ndim == 2 and a.min() >= 0 and a.max() <= 1:  # already mapped to [0, 1]
-        return square_resize(a, size)
-    return preprocess(a, size)
+    return square_resize(_read_pixels(path), size)
 
 
 # ----------------------------------------------------------------------------------------------- sources
