@@ -100,6 +100,8 @@ _EXPORTS: dict[str, str] = {
     # training
     "TrainConfig": "medsd.training.config",
     "TrainingTask": "medsd.training.core",
+    "UNetDiffusionTask": "medsd.training.diffusion_task",
+    "UNetDiffusionArgs": "medsd.training.diffusion_task",
     "NonFiniteLossError": "medsd.training.core",
     "train": "medsd.training.core",
     "DDPMTrainConfig": "medsd.training.ddpm",

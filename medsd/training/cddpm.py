@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig, parse_config
-from .core import TrainingTask, diffusion_target, seeded_task, train
+from .config import TrainConfig
+from .core import seeded_task, train
 from .data_args import DataArgs, build_training_data
-from .model_card import write_model_card
+from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
 
 
 @dataclasses.dataclass
-class CDDPMTrainConfig(DataArgs, TrainConfig):
+class CDDPMTrainConfig(UNetDiffusionArgs, DataArgs, TrainConfig):
     """Train an image-conditioned 1-channel DDPM (Med-cDiff): sr, denoise or inpaint (defaults: CPU-sized)."""
 
     task: str = "sr"
@@ -45,12 +44,7 @@ class CDDPMTrainConfig(DataArgs, TrainConfig):
     """Inpainting: box side as a fraction of the image side."""
     model: str = "light-tiny"
     """U-Net preset (in_channels is set to 1 + condition channels): light-tiny, light-ct, diffusers-small, ..."""
-    block_out_channels: list[int] | None = None
-    """Override the U-Net's channels per level, e.g. 32,64,128."""
     num_train_timesteps: int = 2000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
     prediction_type: str = "epsilon"
     """What the U-Net predicts: epsilon (the paper), v_prediction or sample (x0)."""
     validation_sampler: str = "ddpm"
@@ -85,13 +79,10 @@ def _batch_of(dataset: Any, indices: list[int], device: torch.device) -> torch.T
     return torch.stack([dataset[i]["pixel_values"] for i in indices]).float().to(device)
 
 
-class CDDPMTask(TrainingTask):
+class CDDPMTask(UNetDiffusionTask):
     """Noise prediction conditioned on a degraded copy of the image: ``MSE(eps, unet([x_t, y], t))``."""
 
-    ema_module = "unet"
-
     def __init__(self, config: CDDPMTrainConfig, dataset: Any = None, mapping: Any = None):
-        from medsd.models import build_unet
         from medsd.pipelines.cddpm import paper_scheduler
 
         self.config = config
@@ -99,16 +90,9 @@ class CDDPMTask(TrainingTask):
         if dataset is None:
             dataset, mapping = build_training_data(config)
         self.dataset, self.mapping = dataset, mapping
-        overrides: dict[str, Any] = {
-            "sample_size": config.resolution,
-            "in_channels": 1 + self.degradation.cond_channels,
-            "out_channels": 1,
-        }
-        if config.block_out_channels:
-            overrides["block_out_channels"] = tuple(config.block_out_channels)
-        self.unet = build_unet(config.model, **overrides)
-        if config.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+        self.unet = self.build_unet(
+            config.model, in_channels=1 + self.degradation.cond_channels, out_channels=1
+        )
         self.noise_scheduler = paper_scheduler(
             config.num_train_timesteps,
             beta_schedule=config.beta_schedule,
@@ -117,9 +101,6 @@ class CDDPMTask(TrainingTask):
             prediction_type=config.prediction_type,
         )
         self._val_batch: tuple[torch.Tensor, Any] | None = None
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"unet": self.unet}
 
     def setup(self, accelerator: Any) -> None:
         # A uint8 cache lives on the training device: batches are sliced and degraded there.
@@ -130,21 +111,15 @@ class CDDPMTask(TrainingTask):
         ):
             self.dataset.to(accelerator.device)
 
-    def train_dataset(self) -> Any:
-        return self.dataset
-
-    def loss(self, batch: dict[str, Any], modules: dict[str, nn.Module], accelerator: Any) -> torch.Tensor:
+    def predict(
+        self, unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, clean: torch.Tensor
+    ) -> torch.Tensor:
+        """The denoiser sees x_t concatenated with the degraded image (drawn on the fly, on the device)."""
         from medsd.pipelines.cddpm import denoise
 
-        clean = batch["pixel_values"].float()
         with torch.no_grad():
             cond = self.degradation(clean).condition  # global RNG: checkpointed by accelerate
-        noise = torch.randn_like(clean)
-        t = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
-        noisy = self.noise_scheduler.add_noise(clean, noise, t)
-        pred = denoise(modules["unet"], noisy, cond, t)
-        target = diffusion_target(self.noise_scheduler, self.config.prediction_type, clean, noise, t)
-        return F.mse_loss(pred.float(), target.float())
+        return denoise(unet, noisy, cond, t)
 
     def metadata(self) -> dict[str, Any]:
         d = self.degradation
@@ -179,33 +154,23 @@ class CDDPMTask(TrainingTask):
         clean, degraded = self._val_batch
         return clean.to(device), degraded
 
-    def validate(self, modules: dict[str, nn.Module], step: int, accelerator: Any) -> list[Any]:
-        unet = modules["unet"]
-        was_training = unet.training
-        unet.eval()
-        clean, degraded = self.validation_batch(accelerator.device)
-        generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
+    def render(self, pipe: Any, generator: torch.Generator, device: torch.device) -> list[Any]:
+        clean, degraded = self.validation_batch(device)
         cond_image = degraded.condition[:, :1]
-        with torch.autocast(accelerator.device.type, enabled=False):
-            out = self.pipeline(unet)(
-                image=cond_image,
-                mask=degraded.mask,
-                num_inference_steps=self.config.validation_inference_steps,
-                generator=generator,
-                output_type="pt",
-                sampler=self.config.validation_sampler,
-                image_size=tuple(cond_image.shape[-2:]),
-            )
-        unet.train(was_training)
+        out = pipe(
+            image=cond_image,
+            mask=degraded.mask,
+            num_inference_steps=self.config.validation_inference_steps,
+            generator=generator,
+            output_type="pt",
+            sampler=self.config.validation_sampler,
+            image_size=tuple(cond_image.shape[-2:]),
+        )
         return [restoration_grid([cond_image.cpu(), out.images.cpu(), clean.cpu()])]
 
-    def save(self, output_dir: Path, modules: dict[str, nn.Module], accelerator: Any) -> None:
-        pipe = self.pipeline(modules["unet"])
-        pipe.save_pretrained(output_dir)
-        cfg = self.config
-        d = self.degradation
-        write_model_card(
-            output_dir,
+    def model_card(self, output_dir: Path) -> dict[str, Any]:
+        cfg, d = self.config, self.degradation
+        return dict(
             title=f"medsd cDDPM ({d.describe()})",
             summary=(
                 f"An image-conditioned {cfg.model} U-Net DDPM (Med-cDiff) for {d.describe()} of {cfg.resolution} px "
@@ -259,7 +224,4 @@ def train_cddpm(config: CDDPMTrainConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(CDDPMTrainConfig, argv, prog="medsd train cddpm")
-    result = train_cddpm(config)
-    print(f"pipeline saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
-    return 0
+    return recipe_main(CDDPMTrainConfig, train_cddpm, "medsd train cddpm", argv)

@@ -7,17 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig, parse_config
-from .core import TrainingTask, diffusion_target, seeded_task, train
+from .config import TrainConfig
+from .core import seeded_task, train
 from .data_args import DataArgs, build_training_data
-from .model_card import write_model_card
+from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
 
 
 @dataclasses.dataclass
-class DDPMTrainConfig(DataArgs, TrainConfig):
+class DDPMTrainConfig(UNetDiffusionArgs, DataArgs, TrainConfig):
     """Train an unconditional 1-channel DDPM on CT / X-ray images (defaults: chest phantoms, CPU-sized)."""
 
     model: str = "light-tiny"
@@ -26,12 +25,7 @@ class DDPMTrainConfig(DataArgs, TrainConfig):
     """Override the light U-Net's time-embedding injection: every_block, once or encoder."""
     skip_connections: bool | None = None
     """Override the light U-Net's skip connections (false = encoder-decoder baseline)."""
-    block_out_channels: list[int] | None = None
-    """Override the U-Net's channels per level, e.g. 32,64,128."""
     num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
     prediction_type: str = "epsilon"
     """epsilon, v_prediction or sample."""
     validation_inference_steps: int = 25
@@ -76,30 +70,22 @@ def steps_for_epochs(epochs: int, n_images: int, config: Any) -> int:
     return max(1, math.ceil(epochs * n_images / per_step))
 
 
-class DDPMTask(TrainingTask):
+class DDPMTask(UNetDiffusionTask):
     """Noise-prediction MSE on x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t uniform."""
-
-    ema_module = "unet"
 
     def __init__(self, config: DDPMTrainConfig):
         from diffusers import DDPMScheduler
-
-        from medsd.models import build_unet
 
         self.config = config
         self.dataset, self.mapping = build_training_data(config)
         if config.num_epochs:
             config.max_train_steps = steps_for_epochs(config.num_epochs, len(self.dataset), config)
-        overrides: dict[str, Any] = {"sample_size": config.resolution}
+        overrides: dict[str, Any] = {}
         if config.time_embedding is not None:
             overrides["time_embedding"] = config.time_embedding
         if config.skip_connections is not None:
             overrides["skip_connections"] = config.skip_connections
-        if config.block_out_channels:
-            overrides["block_out_channels"] = tuple(config.block_out_channels)
-        self.unet = build_unet(config.model, **overrides)
-        if config.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+        self.unet = self.build_unet(config.model, **overrides)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps,
             beta_schedule=config.beta_schedule,
@@ -108,24 +94,6 @@ class DDPMTask(TrainingTask):
             prediction_type=config.prediction_type,
             clip_sample=True,
         )
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"unet": self.unet}
-
-    def train_dataset(self) -> Any:
-        return self.dataset
-
-    def setup(self, accelerator: Any) -> None:
-        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(accelerator.device)
-
-    def loss(self, batch: dict[str, Any], modules: dict[str, nn.Module], accelerator: Any) -> torch.Tensor:
-        clean = batch["pixel_values"]
-        noise = torch.randn_like(clean)
-        t = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
-        noisy = self.noise_scheduler.add_noise(clean, noise, t)
-        pred = modules["unet"](noisy, t).sample
-        target = diffusion_target(self.noise_scheduler, self.config.prediction_type, clean, noise, t)
-        return F.mse_loss(pred.float(), target.float())
 
     def pipeline(self, unet: nn.Module):
         from medsd.pipelines.ddpm import MedDDPMPipeline, fast_scheduler
@@ -141,26 +109,16 @@ class DDPMTask(TrainingTask):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def validate(self, modules: dict[str, nn.Module], step: int, accelerator: Any) -> list[Any]:
-        unet = modules["unet"]
-        was_training = unet.training
-        unet.eval()
-        generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
-        with torch.autocast(accelerator.device.type, enabled=False):
-            images = self.pipeline(unet)(
-                batch_size=self.config.num_validation_images,
-                num_inference_steps=self.config.validation_inference_steps,
-                generator=generator,
-            ).images
-        unet.train(was_training)
-        return images
+    def render(self, pipe: Any, generator: torch.Generator, device: torch.device) -> list[Any]:
+        return pipe(
+            batch_size=self.config.num_validation_images,
+            num_inference_steps=self.config.validation_inference_steps,
+            generator=generator,
+        ).images
 
-    def save(self, output_dir: Path, modules: dict[str, nn.Module], accelerator: Any) -> None:
-        pipe = self.pipeline(modules["unet"])
-        pipe.save_pretrained(output_dir)
+    def model_card(self, output_dir: Path) -> dict[str, Any]:
         cfg = self.config
-        write_model_card(
-            output_dir,
+        return dict(
             title="medsd unconditional DDPM",
             summary=f"A {cfg.model} U-Net DDPM generating {cfg.resolution} px 1-channel images, trained on {cfg.train_data}.",
             usage=(
@@ -192,7 +150,4 @@ def train_ddpm(config: DDPMTrainConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(DDPMTrainConfig, argv, prog="medsd train ddpm")
-    result = train_ddpm(config)
-    print(f"pipeline saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
-    return 0
+    return recipe_main(DDPMTrainConfig, train_ddpm, "medsd train ddpm", argv)

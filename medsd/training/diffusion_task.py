@@ -1,0 +1,112 @@
+"""What the two U-Net diffusion families (DDPM, cDDPM) share: the task skeleton and the recipe entry point.
+
+A :class:`UNetDiffusionTask` trains one U-Net ``unet`` with the shared prediction target; the families say
+only what differs: the condition the U-Net sees (none for DDPM), the pipeline that renders and saves, the
+validation images and the model card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import parse_config
+from .core import TrainingTask, TrainResult, diffusion_target
+from .model_card import write_model_card
+
+
+@dataclasses.dataclass
+class UNetDiffusionArgs:
+    """Config fields of both U-Net diffusion families (each family adds its own and sets its defaults)."""
+
+    block_out_channels: list[int] | None = None
+    """Override the U-Net's channels per level, e.g. 32,64,128."""
+    beta_schedule: str = "linear"
+    """Noise schedule of training (diffusers' DDPMScheduler): linear, scaled_linear or squaredcos_cap_v2."""
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+
+class UNetDiffusionTask(TrainingTask):
+    """MSE between the U-Net's prediction on x_t (plus an optional condition) and the shared target, t uniform."""
+
+    ema_module = "unet"
+    config: Any
+    dataset: Any
+    unet: nn.Module
+    noise_scheduler: Any
+
+    def build_unet(self, preset: str, **overrides: Any) -> nn.Module:
+        from medsd.models import build_unet
+
+        if self.config.block_out_channels:
+            overrides["block_out_channels"] = tuple(self.config.block_out_channels)
+        unet = build_unet(preset, sample_size=self.config.resolution, **overrides)
+        if self.config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        return unet
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet}
+
+    def train_dataset(self) -> Any:
+        return self.dataset
+
+    def predict(
+        self, unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, clean: torch.Tensor
+    ) -> torch.Tensor:
+        """The U-Net's output for ``noisy`` at ``t`` (a conditional family derives its condition from ``clean``)."""
+        return unet(noisy, t).sample
+
+    def loss(self, batch: dict[str, Any], modules: dict[str, nn.Module], accelerator: Any) -> torch.Tensor:
+        clean = batch["pixel_values"].float()
+        noise = torch.randn_like(clean)
+        t = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+        noisy = self.noise_scheduler.add_noise(clean, noise, t)
+        pred = self.predict(modules["unet"], noisy, t, clean)
+        target = diffusion_target(self.noise_scheduler, self.config.prediction_type, clean, noise, t)
+        return F.mse_loss(pred.float(), target.float())
+
+    @abstractmethod
+    def pipeline(self, unet: nn.Module) -> Any:
+        """The family's pipeline around ``unet``, with the intensity mapping and metadata (progress bar off)."""
+
+    @abstractmethod
+    def render(self, pipe: Any, generator: torch.Generator, device: torch.device) -> list[Any]:
+        """Validation images (PIL) from ``pipe``."""
+
+    @abstractmethod
+    def model_card(self, output_dir: Path) -> dict[str, Any]:
+        """Keyword arguments of :func:`~medsd.training.model_card.write_model_card` for this model."""
+
+    def validate(self, modules: dict[str, nn.Module], step: int, accelerator: Any) -> list[Any]:
+        unet = modules["unet"]
+        was_training = unet.training
+        unet.eval()
+        generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
+        try:
+            with torch.autocast(accelerator.device.type, enabled=False):
+                return self.render(self.pipeline(unet), generator, accelerator.device)
+        finally:
+            unet.train(was_training)
+
+    def save(self, output_dir: Path, modules: dict[str, nn.Module], accelerator: Any) -> None:
+        self.pipeline(modules["unet"]).save_pretrained(output_dir)
+        write_model_card(output_dir, **self.model_card(output_dir))
+
+
+def recipe_main(
+    config_cls: type, train_fn: Callable[[Any], TrainResult], prog: str, argv: list[str] | None = None
+) -> int:
+    """``medsd train FAMILY`` / ``recipes/train_FAMILY.py``: parse flags (and ``--config`` YAML), train, say where."""
+    config = parse_config(config_cls, argv, prog=prog)
+    result = train_fn(config)
+    print(f"pipeline saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
+    return 0
