@@ -276,3 +276,18 @@ def test_uint8_cache(kaggle_tree):
 def test_uint8_cache_on_gpu(kaggle_tree):
     cache = UInt8ImageCache.from_dataset(FolderImageDataset(kaggle_tree, 32), progress=False).to("cuda")
     assert cache.get_batch([0, 1])["pixel_values"].device.type == "cuda"
+
+
+def test_parse_source_reads_the_one_source_grammar(tmp_path):
+    from medsd.data import parse_source
+
+    assert (parse_source("phantom").kind, parse_source("phantom").phantom_kind) == ("phantom", "chest")
+    assert parse_source("phantom-ct").phantom_kind == "ct"
+    assert (parse_source("hf:owner/name").kind, parse_source("hf:owner/name").path) == ("hf", "owner/name")
+    assert parse_source("a/metadata.csv").kind == "csv"
+    assert parse_source(str(tmp_path)).kind == "folder"
+    assert parse_source(str(tmp_path), streaming=True).data_dir == str(tmp_path)
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "x"}\n')
+    spec = parse_source(str(tmp_path))
+    assert (spec.kind, spec.path, spec.data_dir) == ("hf", "imagefolder", str(tmp_path))
+    assert parse_source("owner/name").kind == "hf"  # not a folder: a datasets id

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from diffusers import DDPMScheduler
 
-    from medsd.data import build_dataset
+    from medsd.data import build_dataset, parse_source
     from medsd.metrics import degenerate_mask, distribution_metrics, extract_features, get_extractor
     from medsd.pipelines.ddpm import MedDDPMPipeline
     from medsd.training.data_args import data_config
@@ -125,22 +125,23 @@ def run(args: argparse.Namespace) -> int:
 
     base = short_ddpm_run_fields(args, ema_decay=0.999, max_warmup_steps=200)
     # Held-out real images: the test split of the same source (patient-level when ids exist).
+    source = parse_source(args.train_data)
     held_cfg = DDPMTrainConfig(**base)
     held_cfg.phantom_count = max(args.num_samples * 2, 256)
     test_ds, _ = build_dataset(
         data_config(
             held_cfg,
             seed=args.seed,
-            split="test" if args.train_data not in ("phantom", "phantom-ct") else "all",
+            split="all" if source.kind == "phantom" else "test",
         )
     )
-    if args.train_data in ("phantom", "phantom-ct"):  # fresh phantoms the model never saw
+    if source.kind == "phantom":  # fresh phantoms the model never saw
         from medsd.data import PhantomDataset
 
         test_ds = PhantomDataset(
             args.num_samples,
             size=args.resolution,
-            kind="ct" if args.train_data == "phantom-ct" else "chest",
+            kind=source.phantom_kind,
             seed=args.seed + 99_991,
         )
     n_real = min(len(test_ds), max(args.num_samples, 16))

@@ -104,7 +104,7 @@ def load_test_images(
 
     import torch
 
-    from medsd.data import build_dataset
+    from medsd.data import build_dataset, parse_source
     from medsd.training.data_args import DataArgs, data_config
 
     window = None
@@ -115,7 +115,7 @@ def load_test_images(
             window = (float(mapping.low), float(mapping.high))
 
     split = args.split
-    if args.data in ("phantom", "phantom-ct"):
+    if parse_source(args.data).kind == "phantom":
         # Phantom i depends only on (seed, i): draw test phantoms from a seed no training run used.
         seed, split = seed + 99_991, "all"
     dargs = DataArgs(

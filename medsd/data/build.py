@@ -15,6 +15,49 @@ from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, Windo
 from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
 from .transforms import ImageTransform
 
+PHANTOM_SOURCES = {"phantom": "chest", "phantom-chest": "chest", "phantom-ct": "ct"}
+"""Source strings of the embedded procedural phantoms, and the phantom kind each names."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a source string names: ``kind`` (phantom, csv, folder or hf), the path or ``datasets`` id, the
+    ``data_dir`` of a ``datasets`` imagefolder, and the phantom kind (chest or ct)."""
+
+    kind: str
+    path: str | None = None
+    data_dir: str | None = None
+    phantom_kind: str = "chest"
+
+
+def is_jsonl_imagefolder(source: str) -> bool:
+    """A folder in diffusers' imagefolder layout: images with ``metadata.jsonl`` (``file_name`` + captions)."""
+    from pathlib import Path
+
+    return Path(source).is_dir() and (Path(source) / "metadata.jsonl").is_file()
+
+
+def parse_source(source: str, streaming: bool = False) -> SourceSpec:
+    """The one reading of medsd's source grammar (``--train_data``, ``--data``, ``--train_data_dir``).
+
+    ``phantom`` / ``phantom-chest`` / ``phantom-ct``; ``hf:ID`` (a ``datasets`` id); a ``.csv`` metadata file;
+    a folder (read by ``datasets``' imagefolder when it has ``metadata.jsonl`` or ``streaming`` is set);
+    anything else is taken as a ``datasets`` id or saved-dataset folder.
+    """
+    from pathlib import Path
+
+    if source in PHANTOM_SOURCES:
+        return SourceSpec("phantom", phantom_kind=PHANTOM_SOURCES[source])
+    if source.startswith("hf:"):
+        return SourceSpec("hf", source[3:])
+    if source.endswith(".csv"):
+        return SourceSpec("csv", source)
+    if Path(source).is_dir():
+        if streaming or is_jsonl_imagefolder(source):
+            return SourceSpec("hf", "imagefolder", data_dir=source)
+        return SourceSpec("folder", source)
+    return SourceSpec("hf", source)
+
 
 @dataclass
 class DataConfig:

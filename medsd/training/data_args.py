@@ -50,39 +50,15 @@ class DataArgs:
             self.crop = "center" if self.center_crop else "random"
 
 
-def is_jsonl_imagefolder(source: str) -> bool:
-    """A folder in diffusers' imagefolder layout: images with ``metadata.jsonl`` (``file_name`` + captions)."""
-    from pathlib import Path
-
-    return Path(source).is_dir() and (Path(source) / "metadata.jsonl").is_file()
-
-
 def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
     """The ``medsd.data.DataConfig`` these settings describe."""
-    from medsd.data import DataConfig
+    from medsd.data import DataConfig, parse_source
 
-    source, path, data_dir = args.train_data, None, None
-    kind = "chest"
-    if source in ("phantom", "phantom-chest", "phantom-ct"):
-        kind = "ct" if source == "phantom-ct" else "chest"
-        source = "phantom"
-    elif source.startswith("hf:"):
-        source, path = "hf", source[3:]
-    elif source.endswith(".csv"):
-        source, path = "csv", source
-    else:
-        from pathlib import Path
-
-        if Path(source).is_dir() and (
-            args.streaming or is_jsonl_imagefolder(source)
-        ):  # datasets' imagefolder
-            source, path, data_dir = "hf", "imagefolder", source
-        else:
-            source, path = ("folder", source) if Path(source).is_dir() else ("hf", source)
+    spec = parse_source(args.train_data, streaming=args.streaming)
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     values = dict(
-        source=source,
-        path=path,
+        source=spec.kind,
+        path=spec.path,
         image_column=args.image_column,
         label_column=args.label_column,
         caption_column=args.caption_column,
@@ -99,8 +75,8 @@ def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
         max_samples=args.max_train_samples,
         skip_bad_images=args.skip_bad_images,
         streaming=args.streaming,
-        data_dir=data_dir,
-        phantom_kind=kind,
+        data_dir=spec.data_dir,
+        phantom_kind=spec.phantom_kind,
         phantom_count=args.phantom_count,
         finding_probability=args.finding_probability,
     )

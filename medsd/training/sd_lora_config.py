@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from medsd.data.build import PHANTOM_SOURCES, parse_source
+
 from .config import TrainConfig
-from .data_args import DataArgs, is_jsonl_imagefolder
+from .data_args import DataArgs
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 UNET_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -90,7 +92,7 @@ class SDLoRATrainConfig(DataArgs, TrainConfig):
             return f"hf:{self.dataset_name}"
         if self.train_data_dir:
             d = self.train_data_dir
-            if d in ("phantom", "phantom-chest", "phantom-ct"):
+            if d in PHANTOM_SOURCES:
                 return d
             p = Path(d)
             if p.is_dir() and (p / "metadata.jsonl").is_file():  # diffusers' imagefolder layout
@@ -136,7 +138,7 @@ def resolve_data_args(config: SDLoRATrainConfig) -> DataArgs:
                 )
         elif caption_col is not None and caption_col not in columns:
             raise ValueError(f"{source}: caption_column {caption_col!r} not in {columns}")
-    elif source.startswith("hf:") or is_jsonl_imagefolder(source):
+    elif parse_source(source).kind == "hf":
         image_col = image_col or "image"
         if caption_col is None and config.prompt_template is None:
             caption_col = "text"
