@@ -231,3 +231,28 @@ def test_seed_fixes_the_initial_weights(tmp_path):
     a, b, c = run("a", 0), run("bb", 0), run("c", 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("max_train_steps", 0),
+        ("max_train_steps", -1),
+        ("train_batch_size", 0),
+        ("gradient_accumulation_steps", 0),
+        ("logging_steps", 0),
+        ("learning_rate", 0.0),
+        ("ema_decay", 1.5),
+        ("checkpoints_total_limit", 0),
+        ("mixed_precision", "fp8"),
+    ],
+)
+def test_out_of_range_flags_stop_before_anything_is_loaded(tmp_path, capsys, field, value):
+    """One line naming the flag (issue #12: e.g. --max_train_steps 0 saved the random weights as finished)."""
+    from medsd.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "ddpm", f"--{field}", str(value), "--output_dir", str(out), "--report_to", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"--{field}: expected" in err[0], err
+    assert not out.exists()

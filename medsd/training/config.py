@@ -186,13 +186,8 @@ def parse_config(
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__)
     add_config_arguments(parser, cls)
     config = config_from_args(cls, parser.parse_args(argv))
-    from .distributed import check_launch
-
-    check_launch()  # before any model or data is loaded (see medsd.training.distributed)
-    if getattr(config, "push_to_hub", False):  # like diffusers' examples: the Hub first, then training
-        from .hub import check_hub_ready
-
-        check_hub_ready(config.hub_model_id, config.hub_token)
+    if isinstance(config, TrainConfig):
+        check_ranges(config)
     return config
 
 
@@ -216,3 +211,49 @@ def _field_docs(cls: type) -> dict[str, str]:
                 if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
                     docs[node.target.id] = str(nxt.value.value).strip()
     return docs
+
+
+_AT_LEAST = {
+    **dict.fromkeys(
+        ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "logging_steps"), 1
+    ),
+    **dict.fromkeys(
+        (
+            "lr_warmup_steps",
+            "checkpointing_steps",
+            "validation_steps",
+            "num_validation_images",
+            "dataloader_num_workers",
+            "max_grad_norm",
+            "adam_weight_decay",
+        ),
+        0,
+    ),
+}
+_POSITIVE = ("learning_rate", "adam_epsilon")
+_UNIT_INTERVAL = ("adam_beta1", "adam_beta2", "ema_decay")
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Refuse, in one line naming the flag, a value the loop cannot use (e.g. ``--max_train_steps 0``
+    would save the random initial weights as a finished model; ``--gradient_accumulation_steps 0`` would
+    never run a backward pass)."""
+    from medsd.errors import MedsdConfigError
+
+    def bad(name: str, expected: str) -> MedsdConfigError:
+        return MedsdConfigError(f"--{name}: expected {expected}, got {getattr(config, name)!r}")
+
+    for name, low in _AT_LEAST.items():
+        if getattr(config, name) < low:
+            raise bad(name, f"a number >= {low}")
+    for name in _POSITIVE:
+        if not getattr(config, name) > 0:
+            raise bad(name, "a number > 0")
+    for name in _UNIT_INTERVAL:
+        if not 0 <= getattr(config, name) <= 1:
+            raise bad(name, "a number in [0, 1]")
+    if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
+        raise bad("checkpoints_total_limit", "a number >= 1 (or none for no limit)")
+    if config.mixed_precision not in MIXED_PRECISIONS:
+        raise bad("mixed_precision", " / ".join(MIXED_PRECISIONS))

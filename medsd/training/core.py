@@ -122,14 +122,7 @@ class Trainer:
     """Train (or resume) ``task`` under ``config``: ``Trainer(task, config).run()``."""
 
     def __init__(self, task: TrainingTask, config: TrainConfig):
-        from .distributed import check_launch
-
         self.task, self.config = task, config
-        check_launch()  # e.g. --multi_gpu without GPUs stops here; `--cpu --num_processes N` starts N processes
-        if config.push_to_hub:  # diffusers' examples create the repo first: fail before training, not after
-            from .hub import check_hub_ready
-
-            check_hub_ready(config.hub_model_id, config.hub_token)
         self.output_dir = check_output_dir(
             config.output_dir, config.overwrite_output_dir, bool(config.resume_from_checkpoint)
         )
@@ -423,9 +416,19 @@ class Trainer:
 
 
 def seeded_task(task_cls: Callable[[Any], TaskT], config: TrainConfig) -> TaskT:
-    """``task_cls(config)`` built after ``set_seed(config.seed)``, so ``--seed`` fixes the initial weights."""
+    """``task_cls(config)``, built only after the checks that need no data (flag ranges, the launch, the Hub)
+    and after ``set_seed(config.seed)``, so ``--seed`` fixes the initial weights."""
     from accelerate.utils import set_seed
 
+    from .config import check_ranges
+    from .distributed import check_launch
+
+    check_ranges(config)
+    check_launch()  # e.g. --multi_gpu without GPUs stops here; `--cpu --num_processes N` starts N processes
+    if config.push_to_hub:  # diffusers' examples create the repo first: fail before loading, not after
+        from .hub import check_hub_ready
+
+        check_hub_ready(config.hub_model_id, config.hub_token)
     set_seed(config.seed)
     return task_cls(config)
 
