@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False) or not isinstance(e, expected):
             raise
         print(f"medsd {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))  # e.g. 143 after a SIGTERM checkpoint
 
 
 if __name__ == "__main__":

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from medsd.errors import MedsdError
+
+logger = logging.getLogger("medsd.training")
+
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_META = "medsd_checkpoint.json"
+TRASH_PREFIX = ".trash-"
+"""Checkpoints being removed are renamed to this first (atomic), so a kill can never leave half of one."""
 FINISHED_MARKERS = ("model_index.json", "pytorch_lora_weights.safetensors", "train_summary.json")
 
 
@@ -35,16 +43,29 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
+class CheckpointWriteError(MedsdError):
+    """A checkpoint could not be written (full disk, lost file system); the previous one is kept."""
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """A checkpoint counts once its metadata file, written last before the atomic rename, is there."""
+    return (checkpoint / CHECKPOINT_META).is_file()
+
+
 def find_checkpoint(output_dir: str | Path, which: str) -> Path | None:
-    """``"latest"`` (None when there is none) or a named checkpoint folder."""
+    """``"latest"`` complete checkpoint (None when there is none; incomplete ones are skipped with a
+    warning) or a named checkpoint folder."""
     if which == "latest":
-        ckpts = list_checkpoints(output_dir)
-        return ckpts[-1] if ckpts else None
+        for ckpt in reversed(list_checkpoints(output_dir)):
+            if is_complete(ckpt):
+                return ckpt
+            logger.warning("skipping %s: incomplete checkpoint (no %s)", ckpt, CHECKPOINT_META)
+        return None
     path = Path(which)
     if not path.is_absolute() and not path.exists():
         path = Path(output_dir) / which
-    if not (path / CHECKPOINT_META).is_file():
-        raise FileNotFoundError(f"resume_from_checkpoint: {path} is not a medsd checkpoint folder")
+    if not is_complete(path):
+        raise FileNotFoundError(f"resume_from_checkpoint: {path} is not a complete medsd checkpoint folder")
     return path
 
 
@@ -54,23 +75,66 @@ def read_checkpoint_meta(checkpoint: Path) -> tuple[int, list[tuple[int, float]]
     return int(meta["step"]), [tuple(h) for h in meta.get("loss_history", [])]
 
 
+def _remove(folder: Path) -> None:
+    """Rename ``folder`` out of the checkpoint list first (atomic), then delete it."""
+    trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_leftovers(output_dir: Path) -> None:
+    """Temporary and half-deleted folders left by a killed run."""
+    for p in output_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in output_dir.glob(f"{TRASH_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_error(tmp: Path, output_dir: Path, error: BaseException) -> CheckpointWriteError:
+    shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+    free = shutil.disk_usage(output_dir).free
+    no_space = (
+        getattr(error, "errno", None) == errno.ENOSPC or "space" in str(error).lower() or free < 64 << 20
+    )
+    why = (
+        "no space left on device"
+        if no_space
+        else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    )
+    kept = [c for c in list_checkpoints(output_dir) if is_complete(c)]
+    return CheckpointWriteError(
+        f"could not write a checkpoint in {output_dir} ({why}; {free / 2**30:.2f} GiB free); "
+        f"the last complete checkpoint is {kept[-1] if kept else 'none'}"
+    )
+
+
 def save_checkpoint(accelerator: Any, output_dir: Path, step: int, meta: dict, limit: int | None) -> Path:
-    """Write ``checkpoint-<step>`` atomically: save into a temporary folder, then rename."""
+    """Write ``checkpoint-<step>`` atomically: into a temporary folder, metadata last, then one rename.
+
+    An older ``checkpoint-<step>`` (a resumed run passing it again) and rotated checkpoints are first
+    renamed away, so a kill at any moment leaves only complete checkpoints under their names.
+    """
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     tmp = output_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with open(tmp / CHECKPOINT_META, "w") as f:
-            json.dump(meta, f)
+        _clean_leftovers(output_dir)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with open(tmp / CHECKPOINT_META, "w") as f:
+                json.dump(meta, f)
+    except Exception as e:  # noqa: BLE001 - torch and safetensors raise several kinds for a full disk
+        raise _write_error(tmp, output_dir, e) from e
+    if accelerator.is_main_process:
         if final.exists():
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
         if limit is not None and limit > 0:
             for old in list_checkpoints(output_dir)[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
     accelerator.wait_for_everyone()
     return final

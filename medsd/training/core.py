@@ -35,6 +35,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import TrainConfig, save_config
+from .signals import StopSignals, TrainingInterrupted
 from .task import PREDICTION_TYPES, BatchSource, TrainingTask, default_collate, diffusion_target
 
 TaskT = TypeVar("TaskT", bound=TrainingTask)
@@ -213,7 +214,7 @@ class Trainer:
                 self.accelerator.load_state(str(ckpt))
                 self.global_step, self.history = read_checkpoint_meta(ckpt)
                 self.accelerator.print(f"Resumed from {ckpt} at step {self.global_step}.")
-        self.last_good_checkpoint = (list_checkpoints(self.output_dir) or [None])[-1]
+        self.last_good_checkpoint = find_checkpoint(self.output_dir, "latest")
 
     def batches(self) -> None:
         """The deterministic micro-batch stream, continuing where a resumed run stopped."""
@@ -353,15 +354,20 @@ class Trainer:
         config = self.config
         self._start_loop()
         try:
-            while self.global_step < config.max_train_steps:
-                self.step()
-                step = self.global_step
-                if step % config.logging_steps == 0 or step == config.max_train_steps:
-                    self.log()
-                if config.checkpointing_steps > 0 and step % config.checkpointing_steps == 0:
-                    self.checkpoint()
-                if config.validation_steps > 0 and step % config.validation_steps == 0:
-                    self.validate()
+            with StopSignals() as stop:
+                while self.global_step < config.max_train_steps:
+                    self.step()
+                    step = self.global_step
+                    at_log = step % config.logging_steps == 0 or step == config.max_train_steps
+                    if at_log:
+                        self.log()
+                    if config.checkpointing_steps > 0 and step % config.checkpointing_steps == 0:
+                        self.checkpoint()
+                    if config.validation_steps > 0 and step % config.validation_steps == 0:
+                        self.validate()
+                    signum = stop.requested(self.accelerator, at_log)
+                    if signum:
+                        self.stop_on_signal(signum)
             self.check_finite()
         finally:
             self.progress.close()
@@ -369,6 +375,22 @@ class Trainer:
         if config.validation_steps <= 0 or self.global_step % config.validation_steps != 0:
             self.validate()
         self.seconds = time.perf_counter() - self.t_start
+
+    def stop_on_signal(self, signum: int) -> None:
+        """Checkpoint the current step (unless that just happened) and stop with :class:`TrainingInterrupted`."""
+        import signal
+
+        name = signal.Signals(signum).name
+        done = self.last_good_checkpoint is not None and self.last_good_checkpoint.name.endswith(
+            f"-{self.global_step}"
+        )
+        if not done:
+            self.checkpoint()
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {self.global_step}; {self.last_good_checkpoint} is written: continue with "
+            "--resume_from_checkpoint latest",
+            exit_code=128 + signum,
+        )
 
     def finish(self) -> TrainResult:
         """Save the final (EMA) model, the config, loss curve and summary; push to the Hub if asked."""
