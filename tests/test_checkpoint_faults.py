@@ -100,3 +100,32 @@ def test_full_disk_names_the_cause_frees_the_space_and_keeps_the_last_checkpoint
     assert "no space left on device" in msg and "checkpoint-4" in msg and "\n" not in msg
     assert not list(run.glob(".tmp-*"))  # the partial folder no longer holds the space
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-4"]
+
+
+def test_output_folder_with_other_files_or_old_checkpoints_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "README.md").write_text("my notes")
+    with pytest.raises(FileExistsError, match="not empty.*README.md"):
+        train(RegressionTask(), _config(tmp_path))
+    assert (run / "README.md").read_text() == "my notes"  # nothing was written over
+
+    other = tmp_path / "other"
+    train(RegressionTask(), _config(other, max_train_steps=4))
+    for marker in ("net.pt", "train_summary.json"):
+        (other / "run" / marker).unlink(missing_ok=True)  # a run that died after its checkpoint
+    with pytest.raises(FileExistsError, match="checkpoints of an earlier run.*checkpoint-4"):
+        train(RegressionTask(), _config(other, max_train_steps=4))
+
+
+def test_overwrite_retires_the_old_checkpoints(tmp_path):
+    train(RegressionTask(), _config(tmp_path, max_train_steps=8, checkpointing_steps=4))
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-4", "checkpoint-8"]
+    with pytest.raises(TrainingInterrupted):  # the new run is pre-empted at step 2, before any periodic save
+        train(
+            SignalledTask(signal.SIGTERM, 2),
+            _config(tmp_path, checkpointing_steps=100, overwrite_output_dir=True),
+        )
+    # a crash of the new run can only resume the new run
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]

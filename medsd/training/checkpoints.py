@@ -22,15 +22,35 @@ FINISHED_MARKERS = ("model_index.json", "pytorch_lora_weights.safetensors", "tra
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool = False, resuming: bool = False) -> Path:
-    """Refuse to write over a finished model unless asked to."""
+    """Refuse to write into a folder that holds anything (a finished model, an earlier run's checkpoints,
+    other files) unless resuming or asked to overwrite; ``overwrite`` also retires the old checkpoints, so
+    a crash of the new run can never resume the old one."""
     out = Path(output_dir)
-    if out.exists() and not overwrite and not resuming:
-        finished = [m for m in FINISHED_MARKERS if (out / m).exists()]
-        if finished:
-            raise FileExistsError(
-                f"output_dir {out} already holds a finished model ({finished[0]}); pass "
-                "--overwrite_output_dir to replace it or --resume_from_checkpoint latest to continue"
-            )
+    # One process decides (the others may start after it has written training_config.yaml); if it
+    # refuses, the launcher stops the rest.
+    if not out.is_dir() or resuming or os.environ.get("RANK", "0") != "0":
+        return out
+    if overwrite:
+        for old in list_checkpoints(out):
+            _remove(old)
+        return out
+    finished = [m for m in FINISHED_MARKERS if (out / m).exists()]
+    if finished:
+        raise FileExistsError(
+            f"output_dir {out} already holds a finished model ({finished[0]}); pass "
+            "--overwrite_output_dir to replace it or --resume_from_checkpoint latest to continue"
+        )
+    if list_checkpoints(out):
+        raise FileExistsError(
+            f"output_dir {out} holds checkpoints of an earlier run ({list_checkpoints(out)[-1].name}); pass "
+            "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to start over"
+        )
+    others = sorted(p.name for p in out.iterdir() if not p.name.startswith((".tmp-", TRASH_PREFIX)))
+    if others:
+        raise FileExistsError(
+            f"output_dir {out} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+            "choose an empty folder or pass --overwrite_output_dir"
+        )
     return out
 
 
