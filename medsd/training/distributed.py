@@ -103,7 +103,9 @@ def _run_cpu_processes(n: int) -> int:
     """Run this script again in ``n`` processes with ``torch.distributed.run`` (gloo); their exit status."""
     import subprocess
 
-    port = os.environ.get("MASTER_PORT", "29500")
+    # A free port, not accelerate's fixed default (29500): the parent `accelerate launch` never listens on it,
+    # and two runs on one machine (two users, a test beside a job) would otherwise collide.
+    port = str(_free_port())
     env = dict(os.environ, **{RELAUNCHED_ENV: str(n), "ACCELERATE_USE_CPU": "True"})
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [
@@ -123,6 +125,14 @@ def _run_cpu_processes(n: int) -> int:
         flush=True,
     )
     return subprocess.call(cmd, env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def describe(accelerator: Any) -> str:
