@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +12,11 @@ import numpy as np
 from .datasets import SPLITS, CSVImageDataset, FolderImageDataset, _hash_part, patient_split  # noqa: F401
 from .errors import MedImageError
 from .hf_datasets import HFImageDataset, HFStreamingImageDataset  # noqa: F401
-from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, WindowMapping
+from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, WindowMapping, default_mapping
 from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
 from .transforms import ImageTransform
+
+logger = logging.getLogger("medsd.data")
 
 PHANTOM_SOURCES = {"phantom": "chest", "phantom-chest": "chest", "phantom-ct": "ct"}
 """Source strings of the embedded procedural phantoms, and the phantom kind each names."""
@@ -62,8 +65,15 @@ def parse_source(source: str, streaming: bool = False) -> SourceSpec:
 @dataclass
 class DataConfig:
     """Everything ``build_dataset`` needs. ``image_column`` defaults to ``"filename"`` (csv) / ``"image"``
-    (hf); ``window`` (low, high) defaults to (0, 255); ``split`` picks one part of a patient-level split
-    (``"all"`` keeps everything); ``hf_split`` is the Hugging Face split to load."""
+    (hf); ``split`` picks one part of a patient-level split (``"all"`` keeps everything); ``hf_split`` is
+    the Hugging Face split to load.
+
+    ``intensity``: ``"auto"`` (default) chooses the mapping from the data's type and modality
+    (``medsd.data.intensity.default_mapping``); ``"window"`` with ``window=(low, high)`` is fixed (without
+    ``window`` it is ``"auto"``); ``"minmax"`` / ``"percentile"`` are fitted on ``fit_samples`` images.
+    ``min_image_size`` (default ``max(16, resolution // 8)``, at most ``resolution``) and
+    ``max_aspect_ratio`` (default 4; None: no limit) refuse images too small or too elongated to become
+    data; ``allow_outside_root`` lets CSV paths leave the CSV's folder (``../x.png``, absolute paths)."""
 
     source: str = "phantom"
     path: str | None = None
@@ -78,7 +88,7 @@ class DataConfig:
     affine: bool = False
     hflip: bool = False
     upscale: bool = True
-    intensity: str = "window"
+    intensity: str = "auto"
     window: tuple[float, float] | None = None
     percentiles: tuple[float, float] = (0.5, 99.5)
     fit_samples: int = 64
@@ -93,6 +103,9 @@ class DataConfig:
     phantom_kind: str = "chest"
     phantom_count: int = 1000
     finding_probability: float = 0.5
+    min_image_size: int | None = None
+    max_aspect_ratio: float | None = 4.0
+    allow_outside_root: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> DataConfig:
@@ -107,30 +120,53 @@ class DataConfig:
         return dataclasses.asdict(self)
 
 
-def _make_mapping(cfg: DataConfig) -> IntensityMapping:
+INTENSITY_CHOICES = ("auto", "window", "minmax", "percentile")
+
+
+def _make_mapping(cfg: DataConfig) -> IntensityMapping | None:
+    """The configured mapping (unfitted for minmax/percentile), or None for ``"auto"``."""
+    if cfg.intensity == "auto" or (cfg.intensity == "window" and cfg.window is None):
+        return None
     if cfg.intensity == "window":
-        low, high = cfg.window if cfg.window is not None else (0.0, 255.0)
+        low, high = cfg.window  # type: ignore[misc]
+        if low is None or high is None:
+            raise MedImageError(f"data config window: expected (low, high), got {cfg.window!r}")
         return WindowMapping(low, high)
     if cfg.intensity == "minmax":
         return MinMaxMapping()
     if cfg.intensity == "percentile":
         return PercentileMapping(*cfg.percentiles)
     raise MedImageError(
-        f"data config intensity: expected 'window', 'minmax' or 'percentile', got {cfg.intensity!r}"
+        f"data config intensity: expected one of {', '.join(INTENSITY_CHOICES)}, got {cfg.intensity!r}"
     )
+
+
+def _fit_samples(ds: Any, cfg: DataConfig, streaming: bool) -> list:
+    """(array, meta) of up to ``fit_samples`` checked images (a seeded pick); a bad one raises."""
+    if cfg.fit_samples < 1:
+        raise MedImageError(f"data config fit_samples: expected a positive integer, got {cfg.fit_samples}")
+    if streaming:
+        return [(img.array, img.meta) for img in ds.iter_samples(cfg.fit_samples)]
+    rng = np.random.default_rng(cfg.seed)
+    pick = sorted(rng.choice(len(ds), size=min(cfg.fit_samples, len(ds)), replace=False))
+    return ds.samples([int(i) for i in pick])
 
 
 def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
     """Build the dataset described by ``cfg`` and its (fitted) intensity mapping.
 
     Order: load the source, take split ``cfg.split`` (patient-level, seeded), cap at ``max_samples``, drop
-    bad images if ``skip_bad_images``, then fit a data-dependent mapping on up to ``fit_samples`` images.
-    Phantoms are always in [0, 1] and use ``WindowMapping(0, 1)``.
+    bad images if ``skip_bad_images``, then choose (``"auto"``) or fit (``"minmax"``, ``"percentile"``) the
+    mapping on up to ``fit_samples`` images. Phantoms are always in [0, 1] and use ``WindowMapping(0, 1)``.
+    Images with NaN/inf pixels, below ``min_image_size`` or beyond ``max_aspect_ratio`` raise
+    ``MedImageError`` naming the file (or are skipped and listed in ``dataset.skipped``).
     """
     if cfg.split not in (*SPLITS, "all"):
         raise MedImageError(f"data config split: expected one of {(*SPLITS, 'all')}, got {cfg.split!r}")
     common = dict(crop=cfg.crop, affine=cfg.affine, hflip=cfg.hflip, upscale=cfg.upscale)
-    common["prompt_template"] = cfg.prompt_template
+    common.update(
+        prompt_template=cfg.prompt_template, min_size=cfg.min_image_size, max_aspect=cfg.max_aspect_ratio
+    )
     mapping = _make_mapping(cfg)
     if cfg.source == "phantom":
         from .phantoms import PhantomDataset
@@ -162,6 +198,7 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
             cfg.patient_column,
             resolution=cfg.resolution,
             mapping=mapping,
+            allow_outside_root=cfg.allow_outside_root,
             **common,
         )
     elif cfg.source == "hf":
@@ -189,7 +226,8 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
         if streaming:
             ds.restrict(cfg.split, cfg.split_fractions, cfg.seed)
         else:
-            parts = patient_split(ds.patient_ids, cfg.split_fractions, cfg.seed)
+            keys = ds.split_keys if hasattr(ds, "split_keys") else ds.patient_ids
+            parts = patient_split(keys, cfg.split_fractions, cfg.seed)
             ds = ds.select(parts[SPLITS.index(cfg.split)])
     if cfg.max_samples is not None:
         if streaming:
@@ -200,16 +238,14 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
         raise MedImageError(f"data config: split {cfg.split!r} of {cfg.source} source {cfg.path!r} is empty")
     if cfg.skip_bad_images and not streaming and cfg.source != "phantom":
         ds.drop_bad_images()
-    if not mapping.fitted:
-        if streaming:
-            arrays = list(ds.iter_native(cfg.fit_samples))
-        else:
-            rng = np.random.default_rng(cfg.seed)
-            pick = sorted(rng.choice(len(ds), size=min(cfg.fit_samples, len(ds)), replace=False))
-            arrays = [ds.read_native(int(i)) for i in pick]
-        if not arrays:
+    if mapping is None:
+        mapping, why = default_mapping(_fit_samples(ds, cfg, streaming), f"{cfg.source} source {cfg.path!r}")
+        logger.info("intensity mapping of %s: %r (%s)", cfg.path, mapping, why)
+    elif not mapping.fitted:
+        samples = _fit_samples(ds, cfg, streaming)
+        if not samples:
             raise MedImageError(f"data config: no images to fit the {cfg.intensity!r} intensity mapping on")
-        mapping.fit(arrays)
+        mapping.fit([a for a, _ in samples])
     if cfg.source != "phantom":
         ds.mapping = mapping
     return ds, mapping

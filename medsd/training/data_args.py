@@ -32,8 +32,10 @@ class DataArgs:
     affine_jitter: bool = False
     random_flip: bool = False
     """Off by default: a flip swaps left and right in a chest X-ray."""
-    intensity: str = "window"
-    """window (fixed 0..255 for 8-bit images; see window_low/high), minmax or percentile."""
+    intensity: str = "auto"
+    """auto (chosen from the data: 8-bit 0..255, 16-bit its range, CT DICOM HU -1000..1000, other DICOM its
+    stored window, NIfTI percentiles, float [0, 1] 0..1), window (window_low..window_high; without them
+    auto), minmax or percentile."""
     window_low: float | None = None
     window_high: float | None = None
     max_train_samples: int | None = None
@@ -41,6 +43,12 @@ class DataArgs:
     finding_probability: float = 0.5
     skip_bad_images: bool = False
     """Skip unreadable images (listed at the end) instead of stopping."""
+    min_image_size: int | None = None
+    """Smallest accepted image side in pixels (default: max(16, resolution // 8), at most resolution)."""
+    max_aspect_ratio: float | None = 4.0
+    """Largest accepted long:short side ratio of an image."""
+    allow_paths_outside_root: bool = False
+    """Let a metadata CSV name images outside its folder (../x.png, absolute paths)."""
     streaming: bool = False
     center_crop: bool | None = None
     """diffusers' flag: true = crop center, false = crop random (alias of crop)."""
@@ -74,6 +82,9 @@ def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
         seed=seed,
         max_samples=args.max_train_samples,
         skip_bad_images=args.skip_bad_images,
+        min_image_size=args.min_image_size,
+        max_aspect_ratio=args.max_aspect_ratio,
+        allow_outside_root=args.allow_paths_outside_root,
         streaming=args.streaming,
         data_dir=spec.data_dir,
         phantom_kind=spec.phantom_kind,
