@@ -781,8 +781,13 @@ def _worker_error(tmp: Path):
 
     def call():
         ds = FolderImageDataset(root, 16, mapping=WindowMapping(0, 255))
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)
-        return [b for b in loader]
+        batches = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1))
+        try:
+            return list(batches)
+        except MedsdError as e:
+            error = e.with_traceback(None)  # drop the frames holding the loader, so its worker stops now
+        del batches
+        raise error
 
     return call
 

@@ -241,6 +241,14 @@ def default_mapping(samples: list[tuple[np.ndarray, dict]], where: str) -> tuple
     percentiles. Floats in [0, 1]: window 0..1. Other floats, or samples of different kinds (e.g. 8- and
     16-bit files together), raise ``MedImageError`` naming an example file and the ``--intensity`` choices.
     """
+    try:
+        return _default_mapping(samples, where)
+    except MedImageError as e:
+        msg = str(e)
+        raise MedImageError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
+def _default_mapping(samples: list[tuple[np.ndarray, dict]], where: str) -> tuple[IntensityMapping, str]:
     if not samples:
         raise MedImageError(f"{where}: no images to choose the intensity mapping from")
     kinds: dict[str, list[tuple[np.ndarray, dict]]] = {}
