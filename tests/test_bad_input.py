@@ -1168,7 +1168,12 @@ EVAL_CASES = [
 ]
 
 
-CASES = READER_CASES + INTENSITY_CASES + FOLDER_CASES + CSV_CASES + STREAM_CASES + EVAL_CASES
+# ------------------------------------------------------------------------------------------ more sections
+# Model folders and CLI commands: tests/test_bad_input_models.py builds ``Case`` lists the same way (import
+# ``Case``, ``run_case``, ``REFUSE``/``SKIP``/``LOAD`` and the factories from here); a merge can append them.
+MORE_CASES: list[Case] = []
+
+CASES = READER_CASES + INTENSITY_CASES + FOLDER_CASES + CSV_CASES + STREAM_CASES + EVAL_CASES + MORE_CASES
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
