@@ -947,7 +947,7 @@ def _data_args_flag(tmp: Path):
     from medsd.training.data_args import DataArgs, data_config
 
     path = _csv_with(["../outside.png", "a.png"])(tmp)
-    args = DataArgs(train_data=str(path), data_split="all", resolution=32, allow_paths_outside_root=True)
+    args = DataArgs(train_data=str(path), data_split="all", resolution=32, allow_outside_root=True)
     return lambda: build_dataset(data_config(args))
 
 
@@ -982,7 +982,7 @@ CSV_CASES = [
         check=check_count(2),
     ),
     Case(
-        "--allow_paths_outside_root reaches the data layer",
+        "--allow_outside_root reaches the data layer",
         _data_args_flag,
         LOAD,
         check=lambda res: len(res[0]) == 2 or pytest.fail(str(len(res[0]))),

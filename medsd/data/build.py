@@ -31,6 +31,8 @@ class SourceSpec:
     path: str | None = None
     data_dir: str | None = None
     phantom_kind: str = "chest"
+    hf_split: str | None = None
+    """The split named by ``hf:ID:SPLIT`` (None: the config's ``hf_split``)."""
 
 
 def is_jsonl_imagefolder(source: str) -> bool:
@@ -40,25 +42,56 @@ def is_jsonl_imagefolder(source: str) -> bool:
     return Path(source).is_dir() and (Path(source) / "metadata.jsonl").is_file()
 
 
-def parse_source(source: str, streaming: bool = False) -> SourceSpec:
-    """The one reading of medsd's source grammar (``--train_data``, ``--data``, ``--train_data_dir``).
+def is_saved_dataset(source: str) -> bool:
+    """A folder written by ``datasets``' ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``)."""
+    from pathlib import Path
 
-    ``phantom`` / ``phantom-chest`` / ``phantom-ct``; ``hf:ID`` (a ``datasets`` id); a ``.csv`` metadata file;
-    a folder (read by ``datasets``' imagefolder when it has ``metadata.jsonl`` or ``streaming`` is set);
-    anything else is taken as a ``datasets`` id or saved-dataset folder.
+    p = Path(source)
+    return p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+def _csv_header(path: Any) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
+
+
+def parse_source(
+    source: str, streaming: bool = False, *, metadata_csv: str | None = None, hub_ids: bool = True
+) -> SourceSpec:
+    """The one reading of medsd's source grammar (``--train_data``, ``--data``, ``--real`` / ``--fake``).
+
+    ``phantom`` / ``phantom-chest`` / ``phantom-ct``; ``hf:ID`` or ``hf:ID:SPLIT`` (a ``datasets`` id); a
+    ``.csv`` metadata file; a ``save_to_disk`` folder; a folder (read by ``datasets``' imagefolder when it has
+    ``metadata.jsonl`` or ``streaming`` is set; read through its ``metadata.csv`` when ``metadata_csv`` names
+    an image column that CSV has); anything else is a ``datasets`` id, or, with ``hub_ids=False``, refused
+    as not found.
     """
     from pathlib import Path
 
     if source in PHANTOM_SOURCES:
         return SourceSpec("phantom", phantom_kind=PHANTOM_SOURCES[source])
     if source.startswith("hf:"):
-        return SourceSpec("hf", source[3:])
+        name, _, split = source[3:].partition(":")
+        return SourceSpec("hf", name, hf_split=split or None)
     if source.endswith(".csv"):
         return SourceSpec("csv", source)
-    if Path(source).is_dir():
+    p = Path(source)
+    if p.is_dir():
+        if is_saved_dataset(source):
+            return SourceSpec("hf", source)
         if streaming or is_jsonl_imagefolder(source):
             return SourceSpec("hf", "imagefolder", data_dir=source)
+        table = p / "metadata.csv"
+        if metadata_csv and table.is_file() and metadata_csv in _csv_header(table):
+            return SourceSpec("csv", str(table))
         return SourceSpec("folder", source)
+    if not hub_ids:
+        raise MedImageError(
+            f"{source}: image source not found; expected a folder, a .csv file, 'phantom' / 'phantom-ct' "
+            "or hf:<dataset id>[:split]"
+        )
     return SourceSpec("hf", source)
 
 
@@ -76,29 +109,47 @@ class DataConfig:
     data; ``allow_outside_root`` lets CSV paths leave the CSV's folder (``../x.png``, absolute paths)."""
 
     source: str = "phantom"
+    """phantom, folder, csv or hf (see :func:`parse_source`)."""
     path: str | None = None
     image_column: str | None = None
+    """Image path column of a metadata CSV (default 'filename') or image column of a datasets dataset
+    (default 'image')."""
     label_column: str | None = None
     caption_column: str | None = None
     patient_column: str | None = None
+    """Patient id column: splits never put one patient on both sides."""
     patient_id_pattern: str | None = None
+    """Folders: a regex whose first group, searched in the file name, is the patient id."""
     prompt_template: str | None = None
+    """e.g. 'a chest x-ray, {label}' (fields from the metadata)."""
     resolution: int = 64
     crop: str = "center"
+    """center or random."""
     affine: bool = False
+    """Small random rotation, shift and zoom."""
     hflip: bool = False
+    """Random left-right flip; off by default: a flip swaps left and right in a chest X-ray."""
     upscale: bool = True
+    """Enlarge images smaller than the resolution (false: refuse them)."""
     intensity: str = "auto"
+    """auto (chosen from the data's type and modality), window (fixed; see window), minmax or percentile
+    (fitted)."""
     window: tuple[float, float] | None = None
+    """(low, high) of the window mapping in native units; on the command line LOW,HIGH (--window=-1000,400 for HU)."""
     percentiles: tuple[float, float] = (0.5, 99.5)
     fit_samples: int = 64
+    """Images a fitted intensity mapping (minmax, percentile) is fitted on."""
     split: str = "train"
+    """train, val, test or all (patient-level split of the source)."""
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     max_samples: int | None = None
+    """Keep at most this many images (the first of the split)."""
     skip_bad_images: bool = False
+    """Skip unreadable images (listed at the end) instead of stopping."""
     streaming: bool = False
     hf_split: str = "train"
+    """Split of a Hugging Face dataset to load."""
     data_dir: str | None = None
     phantom_kind: str = "chest"
     phantom_count: int = 1000
@@ -121,6 +172,43 @@ class DataConfig:
 
 
 INTENSITY_CHOICES = ("auto", "window", "minmax", "percentile")
+
+
+def source_config(
+    source: str,
+    *,
+    streaming: bool = False,
+    metadata_csv: str | None = None,
+    hub_ids: bool = True,
+    **fields: Any,
+) -> DataConfig:
+    """The :class:`DataConfig` of a source string (:func:`parse_source`), with any other ``fields`` set."""
+    spec = parse_source(source, streaming, metadata_csv=metadata_csv, hub_ids=hub_ids)
+    values: dict[str, Any] = dict(
+        source=spec.kind, path=spec.path, data_dir=spec.data_dir, phantom_kind=spec.phantom_kind
+    )
+    if spec.hf_split is not None:
+        values["hf_split"] = spec.hf_split
+    return DataConfig(**{**values, "streaming": streaming, **fields})
+
+
+def source_columns(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """(columns, image columns) a CSV or ``datasets`` source offers; image columns are the ``datasets``
+    ``Image`` features. Folders and phantoms have none."""
+    if cfg.source == "csv":
+        from pathlib import Path
+
+        if not Path(cfg.path).is_file():
+            raise MedImageError(f"{cfg.path}: CSV file not found")
+        return _csv_header(cfg.path), []
+    if cfg.source != "hf":
+        return [], []
+    from .hf_datasets import _load_hf, _require_datasets
+
+    ds = _load_hf(cfg.path, cfg.hf_split, cfg.data_dir, cfg.streaming)
+    features = ds.features or {}
+    image = _require_datasets().Image
+    return list(features), [k for k, v in features.items() if isinstance(v, image)]
 
 
 def _make_mapping(cfg: DataConfig) -> IntensityMapping | None:

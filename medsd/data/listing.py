@@ -121,6 +121,6 @@ def confined_path(csv_path: Path, line: int, root: Path, name: str, allow_outsid
         if os.path.commonpath([base, target]) != base:
             raise MedImageError(
                 f"{csv_path}: line {line}: image path {name!r} is outside the data folder {base}; expected a "
-                "path inside it (allow_outside_root=True / --allow_paths_outside_root allows it)"
+                "path inside it (--allow_outside_root allows it)"
             )
     return str(full)
