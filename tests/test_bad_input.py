@@ -13,7 +13,6 @@ folders and CLI commands live in ``tests/test_bad_input_models.py`` with the sam
 from __future__ import annotations
 
 import csv
-import inspect
 import os
 import struct
 import warnings
@@ -1102,18 +1101,6 @@ STREAM_CASES = [
 # ------------------------------------------------------------------------------------------ eval reading
 
 
-def _eval_reads_through_data_layer() -> bool:
-    import medsd.metrics.io as mio
-
-    return "build_dataset" in inspect.getsource(mio)
-
-
-_needs_eval_rewrite = pytest.mark.skipif(
-    not _eval_reads_through_data_layer(),
-    reason="medsd.metrics.io does not read through medsd.data.build_dataset yet",
-)
-
-
 def _eval(make: Callable[[Path], Any], size: int = 32):
     def build(tmp: Path):
         from medsd.metrics import load_image_set
@@ -1148,7 +1135,6 @@ EVAL_CASES = [
         REFUSE,
         "tiny.png",
         ("minimum",),
-        marks=(_needs_eval_rewrite,),
     ),
     Case(
         "eval: strip refused",
@@ -1156,14 +1142,12 @@ EVAL_CASES = [
         REFUSE,
         "strip.png",
         ("aspect",),
-        marks=(_needs_eval_rewrite,),
     ),
     Case(
         "eval: one valid nifti volume",
         _eval(_nifti_folder),
         LOAD,
         check=lambda s: len(s) == 4 or pytest.fail(str(len(s))),
-        marks=(_needs_eval_rewrite,),
     ),
 ]
 
