@@ -22,19 +22,24 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdConfigError, MedsdError
 
 from .batches import BatchIndexStream, batch_stream, first_batch_indices
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     FINISHED_MARKERS,
+    RUN_FINISHED,
     check_output_dir,
+    final_stage,
     find_checkpoint,
     list_checkpoints,
+    publish_final,
+    read_checkpoint_config,
     read_checkpoint_meta,
     save_checkpoint,
 )
 from .config import TrainConfig, save_config
+from .run_guard import apply_config_to_state, check_resume_config, config_record, lock_output_dir
 from .signals import StopSignals, TrainingInterrupted
 from .task import PREDICTION_TYPES, BatchSource, TrainingTask, default_collate, diffusion_target
 
@@ -124,9 +129,16 @@ class Trainer:
 
     def __init__(self, task: TrainingTask, config: TrainConfig):
         self.task, self.config = task, config
-        self.output_dir = check_output_dir(
-            config.output_dir, config.overwrite_output_dir, bool(config.resume_from_checkpoint)
-        )
+        self.lock = lock_output_dir(config.output_dir)  # before anything looks at (or retires) the folder
+        self.config_changes: list[str] = []
+        try:
+            self.output_dir = check_output_dir(
+                config.output_dir, config.overwrite_output_dir, bool(config.resume_from_checkpoint)
+            )
+            self.resume_from = self._checkpoint_to_resume()
+        except BaseException:
+            self.lock.release()
+            raise
         self.global_step = 0
         self.history: list[tuple[int, float]] = []
         self.log_times: list[tuple[int, float]] = []
@@ -204,16 +216,45 @@ class Trainer:
         self.accelerator.register_for_checkpointing(self.ema)
 
     # -- resume and batches ----------------------------------------------------------------------------
+    def _checkpoint_to_resume(self) -> Path | None:
+        """The checkpoint to resume, after checking that it was trained with this config (before anything
+        is written: a refused resume leaves the folder as it was)."""
+        config = self.config
+        if not config.resume_from_checkpoint:
+            return None
+        ckpt = find_checkpoint(self.output_dir, config.resume_from_checkpoint)
+        if ckpt is not None:
+            step, _ = read_checkpoint_meta(ckpt)
+            kind, saved = read_checkpoint_config(ckpt)
+            if kind is not None and kind != type(config).__name__:
+                raise MedsdConfigError(
+                    f"resume_from_checkpoint: {ckpt} is a {kind} run, not a {type(config).__name__} one; "
+                    "resume it with the medsd train command that wrote it"
+                )
+            self.config_changes = check_resume_config(saved, config, step, ckpt)
+        return ckpt
+
     def resume(self) -> None:
-        """Load the checkpoint named by ``resume_from_checkpoint`` (optimizer, RNG, EMA, step, loss history)."""
-        if self.config.resume_from_checkpoint:
-            ckpt = find_checkpoint(self.output_dir, self.config.resume_from_checkpoint)
-            if ckpt is None:
-                self.accelerator.print(f"No checkpoint in {self.output_dir}; starting a new run.")
-            else:
+        """Load the checkpoint named by ``resume_from_checkpoint`` (optimizer, RNG, EMA, step, loss history),
+        then put in the hyper-parameters of the current config (``--allow_config_change``)."""
+        ckpt = self.resume_from
+        if self.config.resume_from_checkpoint and ckpt is None:
+            self.accelerator.print(f"No checkpoint in {self.output_dir}; starting a new run.")
+        elif ckpt is not None:
+            try:
                 self.accelerator.load_state(str(ckpt))
-                self.global_step, self.history = read_checkpoint_meta(ckpt)
-                self.accelerator.print(f"Resumed from {ckpt} at step {self.global_step}.")
+            except Exception as e:
+                if not self.config_changes:
+                    raise
+                raise MedsdConfigError(
+                    f"could not load {ckpt} with the changed settings ({'; '.join(self.config_changes)}): "
+                    f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                ) from e
+            apply_config_to_state(
+                self.optimizer, self.lr_scheduler, self.ema, self.config, self.learning_rate
+            )
+            self.global_step, self.history = read_checkpoint_meta(ckpt)
+            self.accelerator.print(f"Resumed from {ckpt} at step {self.global_step}.")
         self.last_good_checkpoint = find_checkpoint(self.output_dir, "latest")
 
     def batches(self) -> None:
@@ -293,7 +334,12 @@ class Trainer:
 
     def checkpoint(self) -> None:
         self.check_finite()
-        meta = {"step": self.global_step, "loss_history": self.history}
+        meta = {
+            "step": self.global_step,
+            "loss_history": self.history,
+            "config_class": type(self.config).__name__,
+            "config": config_record(self.config),
+        }
         self.last_good_checkpoint = save_checkpoint(
             self.accelerator, self.output_dir, self.global_step, meta, self.config.checkpoints_total_limit
         )
@@ -400,12 +446,15 @@ class Trainer:
         first = first_batch_indices(self.dataset, config, acc, self.start_micro)
         processes = process_record(acc, self.params, first, config.train_batch_size)
         if acc.is_main_process:
+            # written beside the folder's files, then moved in with train_summary.json last: a run killed
+            # while saving leaves no half model that looks finished, and its resume saves again
+            stage = final_stage(out)
             unwrapped = self._unwrapped()
             if self.ema is not None:
                 self.ema.copy_to(unwrapped[self.task.ema_module].parameters())
-            self.task.save(out, unwrapped, acc)
-            save_config(config, out / "training_config.yaml")
-            _save_loss_curve(self.history, out / "loss_curve.png")
+            self.task.save(stage, unwrapped, acc)
+            save_config(config, stage / "training_config.yaml")
+            _save_loss_curve(self.history, stage / "loss_curve.png")
             summary = {
                 "steps": self.global_step,
                 "seconds": self.seconds,
@@ -415,7 +464,8 @@ class Trainer:
                 "loss_history": self.history,
                 "log_times": self.log_times,
             }
-            (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+            (stage / RUN_FINISHED).write_text(json.dumps(summary, indent=1))
+            publish_final(stage, out)
             if config.push_to_hub:
                 push_folder_to_hub(
                     out, config.hub_model_id, private=config.hub_private, token=config.hub_token
@@ -429,12 +479,16 @@ class Trainer:
         return TrainResult(out, self.global_step, self.history, self.seconds, self.log_times)
 
     def run(self) -> TrainResult:
-        """prepare, resume, batches, loop (step, log, checkpoint, validate), finish."""
-        self.prepare()
-        self.resume()
-        self.batches()
-        self.loop()
-        return self.finish()
+        """prepare, resume, batches, loop (step, log, checkpoint, validate), finish; the output folder's
+        lock is released at the end, on an error and on a signal."""
+        try:
+            self.prepare()
+            self.resume()
+            self.batches()
+            self.loop()
+            return self.finish()
+        finally:
+            self.lock.release()
 
 
 def seeded_task(task_cls: Callable[[Any], TaskT], config: TrainConfig) -> TaskT:
@@ -451,8 +505,13 @@ def seeded_task(task_cls: Callable[[Any], TaskT], config: TrainConfig) -> TaskT:
         from .hub import check_hub_ready
 
         check_hub_ready(config.hub_model_id, config.hub_token)
-    set_seed(config.seed)
-    return task_cls(config)
+    lock = lock_output_dir(config.output_dir)  # a second run into the folder stops before loading anything
+    try:
+        set_seed(config.seed)
+        return task_cls(config)
+    except BaseException:
+        lock.release()
+        raise
 
 
 def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
