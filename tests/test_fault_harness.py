@@ -29,6 +29,8 @@ from safetensors.torch import load_file
 from medsd.training.checkpoints import check_output_dir, find_checkpoint, is_complete, list_checkpoints
 from medsd.training.run_guard import LOCK_NAME
 
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork server needs os.fork (POSIX)")
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("MEDSD_FAULT_SEED") or random.SystemRandom().randrange(1, 10**6))
 
@@ -172,7 +174,11 @@ def references(runner, tmp_path_factory):
         assert child.wait() == 0, child.text()[-3000:]
         out = base / "run"
         files = sorted(p.name for p in list_checkpoints(out)[-1].iterdir())
-        refs[name] = dict(snapshot=snapshot(out), files=files, counts=child.counts(), out=out)
+        model = sorted(
+            p.name for p in out.iterdir() if not p.name.startswith("checkpoint-") and p.name != "samples"
+        )
+        assert "model_index.json" in model and "README.md" in model
+        refs[name] = dict(snapshot=snapshot(out), files=files, model=model, counts=child.counts(), out=out)
     return refs
 
 
@@ -202,9 +208,12 @@ def check_folder(out: Path, config: str, ref: dict, child: Child, why: str) -> N
             check_output_dir(out)
         except FileExistsError as e:
             assert "finished model" not in str(e), f"{why}: {e}"
-    if (out / "model_index.json").exists():  # ... and what looks finished is complete
+    if (
+        out / "model_index.json"
+    ).exists():  # ... and what looks finished is complete: the model, its card, ...
+        missing = [n for n in ref["model"] if n != "train_summary.json" and not (out / n).exists()]
+        assert not missing, f"{why}: model_index.json is there but not {missing}"
         assert load_file(out / "unet" / "diffusion_pytorch_model.safetensors"), why
-        assert (out / "scheduler" / "scheduler_config.json").is_file(), why
 
 
 def check_finished(out: Path, ref: dict, why: str) -> None:

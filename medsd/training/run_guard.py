@@ -36,8 +36,8 @@ HARMLESS_FIELDS = frozenset(
         # checked on its own: more steps (or fewer, down to the checkpoint's) continue the same run
         "max_train_steps",
         # aliases: their effect is compared through the field they set
-        "train_data_dir", "dataset_name", "ddpm_num_steps", "ddpm_beta_schedule", "num_epochs", "logger",
-        "center_crop", "num_train_epochs", "validation_epochs",
+        "ddpm_num_steps", "ddpm_beta_schedule", "num_epochs", "logger", "center_crop", "num_train_epochs",
+        "validation_epochs",
     }
 )  # fmt: skip
 """Fields a resume may change without ``--allow_config_change``; every other field is semantic."""
@@ -83,8 +83,12 @@ class OutputDirLock:
         return self.fd is not None
 
     def _open_locked(self) -> int | None:
-        """The locked file descriptor; None where the file system has no locks."""
-        import fcntl
+        """The locked file descriptor; None where the file system (or the OS) has no locks."""
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            logger.warning("no file locks here; a second run into %s is not prevented", self.output_dir)
+            return None
 
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -228,14 +232,19 @@ def apply_config_to_state(
     hyper-parameters; put the current config's in (a no-op when nothing changed, so a resume stays exact)."""
     sched = getattr(lr_scheduler, "scheduler", lr_scheduler)
     groups = optimizer.param_groups
-    if any(base != learning_rate for base in sched.base_lrs):
-        lambdas = getattr(sched, "lr_lambdas", None)  # diffusers' schedules are LambdaLR: lr = base * f(step)
-        for i, (g, old) in enumerate(zip(groups, sched.base_lrs)):
-            g["lr"] = (
-                learning_rate * lambdas[i](sched.last_epoch) if lambdas else g["lr"] * learning_rate / old
-            )
-            g["initial_lr"] = learning_rate
-        sched.base_lrs = [learning_rate] * len(sched.base_lrs)
+    old_bases = list(getattr(sched, "base_lrs", []))  # none on DeepSpeed's stand-in scheduler
+    if old_bases:
+        sched.base_lrs = [learning_rate] * len(old_bases)
+    lambdas = getattr(sched, "lr_lambdas", None)  # diffusers' schedules are LambdaLR: lr = base * f(step)
+    for i, (g, old) in enumerate(zip(groups, old_bases)):
+        # the optimizer's saved LR is the old schedule's: recompute it (the same value when nothing changed;
+        # the new one after a change of learning_rate, max_train_steps, warm-up or schedule)
+        if lambdas:
+            g["lr"] = learning_rate * lambdas[i](sched.last_epoch)
+        elif old != learning_rate:
+            g["lr"] = g["lr"] * learning_rate / old if old else learning_rate
+        g["initial_lr"] = learning_rate
+    if old_bases:
         sched._last_lr = [g["lr"] for g in groups]
     hyper = {
         "betas": (config.adam_beta1, config.adam_beta2),
