@@ -374,5 +374,19 @@ def test_a_resume_with_another_batch_size_is_refused_in_one_line(runner, referen
     assert "train_batch_size: 2 -> 4" in errors[0] and "seed: 3 -> 5" in errors[0]
     assert "--allow_config_change seed,train_batch_size" in errors[0]
     assert listing() == before  # nothing was written
+    # allowed, but a U-Net of another shape cannot take the checkpoint's weights: one line, nothing written
+    yaml_before = (out / "training_config.yaml").read_text()
+    arch = _argv(
+        config, out, resume=True, block_out_channels="16,32", allow_config_change="block_out_channels"
+    )
+    failed = runner.start(arch, tmp_path)
+    assert failed.wait() == 2
+    errors = [ln for ln in failed.text().splitlines() if "error:" in ln]
+    assert (
+        len(errors) == 1
+        and "could not load" in errors[0]
+        and "block_out_channels: None -> [16, 32]" in errors[0]
+    )
+    assert listing() == before and (out / "training_config.yaml").read_text() == yaml_before
     rcs, _ = run_until_finished(runner, references, tmp_path, config, [], "refused resume", resume=True)
     assert rcs == [0]

@@ -34,12 +34,11 @@ from .checkpoints import (
     find_checkpoint,
     list_checkpoints,
     publish_final,
-    read_checkpoint_config,
     read_checkpoint_meta,
     save_checkpoint,
 )
 from .config import TrainConfig, save_config
-from .run_guard import apply_config_to_state, check_resume_config, config_record, lock_output_dir
+from .run_guard import apply_config_to_state, checkpoint_to_resume, config_record, lock_output_dir
 from .signals import StopSignals, TrainingInterrupted
 from .task import PREDICTION_TYPES, BatchSource, TrainingTask, default_collate, diffusion_target
 
@@ -135,7 +134,8 @@ class Trainer:
             self.output_dir = check_output_dir(
                 config.output_dir, config.overwrite_output_dir, bool(config.resume_from_checkpoint)
             )
-            self.resume_from = self._checkpoint_to_resume()
+            # checked before anything is written: a refused resume leaves the folder as it was
+            self.resume_from, self.config_changes = checkpoint_to_resume(self.output_dir, config)
         except BaseException:
             self.lock.release()
             raise
@@ -166,7 +166,6 @@ class Trainer:
         accelerator.print(describe(accelerator))
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
-            save_config(config, out / "training_config.yaml")
         set_seed(config.seed)
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -216,24 +215,6 @@ class Trainer:
         self.accelerator.register_for_checkpointing(self.ema)
 
     # -- resume and batches ----------------------------------------------------------------------------
-    def _checkpoint_to_resume(self) -> Path | None:
-        """The checkpoint to resume, after checking that it was trained with this config (before anything
-        is written: a refused resume leaves the folder as it was)."""
-        config = self.config
-        if not config.resume_from_checkpoint:
-            return None
-        ckpt = find_checkpoint(self.output_dir, config.resume_from_checkpoint)
-        if ckpt is not None:
-            step, _ = read_checkpoint_meta(ckpt)
-            kind, saved = read_checkpoint_config(ckpt)
-            if kind is not None and kind != type(config).__name__:
-                raise MedsdConfigError(
-                    f"resume_from_checkpoint: {ckpt} is a {kind} run, not a {type(config).__name__} one; "
-                    "resume it with the medsd train command that wrote it"
-                )
-            self.config_changes = check_resume_config(saved, config, step, ckpt)
-        return ckpt
-
     def resume(self) -> None:
         """Load the checkpoint named by ``resume_from_checkpoint`` (optimizer, RNG, EMA, step, loss history),
         then put in the hyper-parameters of the current config (``--allow_config_change``)."""
@@ -256,6 +237,8 @@ class Trainer:
             self.global_step, self.history = read_checkpoint_meta(ckpt)
             self.accelerator.print(f"Resumed from {ckpt} at step {self.global_step}.")
         self.last_good_checkpoint = find_checkpoint(self.output_dir, "latest")
+        if self.accelerator.is_main_process:  # the record of this run, once its checkpoint has loaded
+            save_config(self.config, self.output_dir / "training_config.yaml")
 
     def batches(self) -> None:
         """The deterministic micro-batch stream, continuing where a resumed run stopped."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from medsd.errors import MedsdConfigError, MedsdError
 
+from .checkpoints import find_checkpoint, read_checkpoint_config, read_checkpoint_meta
 from .config import SECRET_FIELDS
 
 logger = logging.getLogger("medsd.training")
@@ -225,6 +226,24 @@ def check_resume_config(saved: dict[str, Any] | None, config: Any, step: int, ch
     return accepted
 
 
+def checkpoint_to_resume(output_dir: Path, config: Any) -> tuple[Path | None, list[str]]:
+    """The checkpoint ``resume_from_checkpoint`` names (None: none yet) and the config changes accepted
+    against the one it was written with (:func:`check_resume_config`)."""
+    if not config.resume_from_checkpoint:
+        return None, []
+    ckpt = find_checkpoint(output_dir, config.resume_from_checkpoint)
+    if ckpt is None:
+        return None, []
+    step, _ = read_checkpoint_meta(ckpt)
+    kind, saved = read_checkpoint_config(ckpt)
+    if kind is not None and kind != type(config).__name__:
+        raise MedsdConfigError(
+            f"resume_from_checkpoint: {ckpt} is a {kind} run, not a {type(config).__name__} one; resume it "
+            "with the medsd train command that wrote it"
+        )
+    return ckpt, check_resume_config(saved, config, step, ckpt)
+
+
 def apply_config_to_state(
     optimizer: Any, lr_scheduler: Any, ema: Any, config: Any, learning_rate: float
 ) -> None:
@@ -266,6 +285,7 @@ __all__ = [
     "OutputDirLock",
     "apply_config_to_state",
     "check_resume_config",
+    "checkpoint_to_resume",
     "config_record",
     "lock_output_dir",
 ]
