@@ -18,7 +18,11 @@ CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_META = "medsd_checkpoint.json"
 TRASH_PREFIX = ".trash-"
 """Checkpoints being removed are renamed to this first (atomic), so a kill can never leave half of one."""
+FINAL_STAGE = ".tmp-final"
+"""The final model is written into ``OUTPUT/.tmp-final/<name>`` and moved in, the finished markers last."""
 FINISHED_MARKERS = ("model_index.json", "pytorch_lora_weights.safetensors", "train_summary.json")
+RUN_FINISHED = "train_summary.json"
+"""Moved in last of all: a medsd run is finished once it is there."""
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool = False, resuming: bool = False) -> Path:
@@ -35,6 +39,8 @@ def check_output_dir(output_dir: str | Path, overwrite: bool = False, resuming: 
             _remove(old)
         return out
     finished = [m for m in FINISHED_MARKERS if (out / m).exists()]
+    if finished and not (out / RUN_FINISHED).exists() and list_checkpoints(out):
+        finished = []  # a run killed while moving its final model in: its checkpoints say resume it
     if finished:
         raise FileExistsError(
             f"output_dir {out} already holds a finished model ({finished[0]}); pass "
@@ -95,13 +101,22 @@ def read_checkpoint_meta(checkpoint: Path) -> tuple[int, list[tuple[int, float]]
     return int(meta["step"]), [tuple(h) for h in meta.get("loss_history", [])]
 
 
+def read_checkpoint_config(checkpoint: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """(config class name, config fields) a checkpoint was written with; (None, None) for older ones."""
+    meta = json.loads((checkpoint / CHECKPOINT_META).read_text())
+    return meta.get("config_class"), meta.get("config")
+
+
 def _remove(folder: Path) -> None:
     """Rename ``folder`` out of the checkpoint list first (atomic), then delete it."""
     trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}")
     if trash.exists():
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink(missing_ok=True)
 
 
 def _clean_leftovers(output_dir: Path) -> None:
@@ -109,7 +124,11 @@ def _clean_leftovers(output_dir: Path) -> None:
     for p in output_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
         shutil.rmtree(p, ignore_errors=True)
     for p in output_dir.glob(f"{TRASH_PREFIX}*"):
-        shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    shutil.rmtree(output_dir / FINAL_STAGE, ignore_errors=True)
 
 
 def _write_error(tmp: Path, output_dir: Path, error: BaseException) -> CheckpointWriteError:
@@ -158,3 +177,30 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, meta: dict, l
                 _remove(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def final_stage(output_dir: Path) -> Path:
+    """An empty ``OUTPUT/.tmp-final/<name>`` to write the final model into (same name, so a model card naming
+    its folder names the real one); leftovers of a killed run are removed first."""
+    _clean_leftovers(output_dir)
+    stage = output_dir / FINAL_STAGE / output_dir.resolve().name
+    stage.mkdir(parents=True)
+    return stage
+
+
+def publish_final(stage: Path, output_dir: Path) -> None:
+    """Move the staged final model into ``output_dir``: a kill at any moment leaves either no finished
+    markers (the old ones are removed first) or a complete model, and ``train_summary.json`` comes last."""
+    names = sorted(p.name for p in stage.iterdir())
+    markers = [m for m in FINISHED_MARKERS if m in names]
+    for old in (RUN_FINISHED, *FINISHED_MARKERS):  # an older model in the folder stops looking finished
+        if (output_dir / old).is_file():
+            (output_dir / old).unlink()
+    for name in [n for n in names if n not in markers] + markers:
+        src, dst = stage / name, output_dir / name
+        if dst.is_dir() and not dst.is_symlink():
+            _remove(dst)
+        elif src.is_dir() and dst.exists():
+            dst.unlink()
+        os.replace(src, dst)
+    shutil.rmtree(output_dir / FINAL_STAGE, ignore_errors=True)

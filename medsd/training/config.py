@@ -49,6 +49,9 @@ class TrainConfig:
     checkpoints_total_limit: int | None = 3
     resume_from_checkpoint: str | None = None
     """A checkpoint folder, or 'latest'."""
+    allow_config_change: list[str] = dataclasses.field(default_factory=list)
+    """Fields (comma-separated) a resume may change, e.g. learning_rate,ema_decay; without it a resume
+    with another batch size, seed, LR, data, model, ... than its checkpoint's is refused."""
     validation_steps: int = 500
     num_validation_images: int = 16
     logging_steps: int = 10

@@ -22,19 +22,23 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdConfigError, MedsdError
 
 from .batches import BatchIndexStream, batch_stream, first_batch_indices
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     FINISHED_MARKERS,
+    RUN_FINISHED,
     check_output_dir,
+    final_stage,
     find_checkpoint,
     list_checkpoints,
+    publish_final,
     read_checkpoint_meta,
     save_checkpoint,
 )
 from .config import TrainConfig, save_config
+from .run_guard import apply_config_to_state, checkpoint_to_resume, config_record, lock_output_dir
 from .signals import StopSignals, TrainingInterrupted
 from .task import PREDICTION_TYPES, BatchSource, TrainingTask, default_collate, diffusion_target
 
@@ -124,9 +128,17 @@ class Trainer:
 
     def __init__(self, task: TrainingTask, config: TrainConfig):
         self.task, self.config = task, config
-        self.output_dir = check_output_dir(
-            config.output_dir, config.overwrite_output_dir, bool(config.resume_from_checkpoint)
-        )
+        self.lock = lock_output_dir(config.output_dir)  # before anything looks at (or retires) the folder
+        self.config_changes: list[str] = []
+        try:
+            self.output_dir = check_output_dir(
+                config.output_dir, config.overwrite_output_dir, bool(config.resume_from_checkpoint)
+            )
+            # checked before anything is written: a refused resume leaves the folder as it was
+            self.resume_from, self.config_changes = checkpoint_to_resume(self.output_dir, config)
+        except BaseException:
+            self.lock.release()
+            raise
         self.global_step = 0
         self.history: list[tuple[int, float]] = []
         self.log_times: list[tuple[int, float]] = []
@@ -154,7 +166,6 @@ class Trainer:
         accelerator.print(describe(accelerator))
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
-            save_config(config, out / "training_config.yaml")
         set_seed(config.seed)
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -205,16 +216,29 @@ class Trainer:
 
     # -- resume and batches ----------------------------------------------------------------------------
     def resume(self) -> None:
-        """Load the checkpoint named by ``resume_from_checkpoint`` (optimizer, RNG, EMA, step, loss history)."""
-        if self.config.resume_from_checkpoint:
-            ckpt = find_checkpoint(self.output_dir, self.config.resume_from_checkpoint)
-            if ckpt is None:
-                self.accelerator.print(f"No checkpoint in {self.output_dir}; starting a new run.")
-            else:
+        """Load the checkpoint named by ``resume_from_checkpoint`` (optimizer, RNG, EMA, step, loss history),
+        then put in the hyper-parameters of the current config (``--allow_config_change``)."""
+        ckpt = self.resume_from
+        if self.config.resume_from_checkpoint and ckpt is None:
+            self.accelerator.print(f"No checkpoint in {self.output_dir}; starting a new run.")
+        elif ckpt is not None:
+            try:
                 self.accelerator.load_state(str(ckpt))
-                self.global_step, self.history = read_checkpoint_meta(ckpt)
-                self.accelerator.print(f"Resumed from {ckpt} at step {self.global_step}.")
+            except Exception as e:
+                if not self.config_changes:
+                    raise
+                raise MedsdConfigError(
+                    f"could not load {ckpt} with the changed settings ({'; '.join(self.config_changes)}): "
+                    f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                ) from e
+            apply_config_to_state(
+                self.optimizer, self.lr_scheduler, self.ema, self.config, self.learning_rate
+            )
+            self.global_step, self.history = read_checkpoint_meta(ckpt)
+            self.accelerator.print(f"Resumed from {ckpt} at step {self.global_step}.")
         self.last_good_checkpoint = find_checkpoint(self.output_dir, "latest")
+        if self.accelerator.is_main_process:  # the record of this run, once its checkpoint has loaded
+            save_config(self.config, self.output_dir / "training_config.yaml")
 
     def batches(self) -> None:
         """The deterministic micro-batch stream, continuing where a resumed run stopped."""
@@ -293,7 +317,12 @@ class Trainer:
 
     def checkpoint(self) -> None:
         self.check_finite()
-        meta = {"step": self.global_step, "loss_history": self.history}
+        meta = {
+            "step": self.global_step,
+            "loss_history": self.history,
+            "config_class": type(self.config).__name__,
+            "config": config_record(self.config),
+        }
         self.last_good_checkpoint = save_checkpoint(
             self.accelerator, self.output_dir, self.global_step, meta, self.config.checkpoints_total_limit
         )
@@ -400,12 +429,15 @@ class Trainer:
         first = first_batch_indices(self.dataset, config, acc, self.start_micro)
         processes = process_record(acc, self.params, first, config.train_batch_size)
         if acc.is_main_process:
+            # written beside the folder's files, then moved in with train_summary.json last: a run killed
+            # while saving leaves no half model that looks finished, and its resume saves again
+            stage = final_stage(out)
             unwrapped = self._unwrapped()
             if self.ema is not None:
                 self.ema.copy_to(unwrapped[self.task.ema_module].parameters())
-            self.task.save(out, unwrapped, acc)
-            save_config(config, out / "training_config.yaml")
-            _save_loss_curve(self.history, out / "loss_curve.png")
+            self.task.save(stage, unwrapped, acc)
+            save_config(config, stage / "training_config.yaml")
+            _save_loss_curve(self.history, stage / "loss_curve.png")
             summary = {
                 "steps": self.global_step,
                 "seconds": self.seconds,
@@ -415,7 +447,8 @@ class Trainer:
                 "loss_history": self.history,
                 "log_times": self.log_times,
             }
-            (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+            (stage / RUN_FINISHED).write_text(json.dumps(summary, indent=1))
+            publish_final(stage, out)
             if config.push_to_hub:
                 push_folder_to_hub(
                     out, config.hub_model_id, private=config.hub_private, token=config.hub_token
@@ -429,12 +462,16 @@ class Trainer:
         return TrainResult(out, self.global_step, self.history, self.seconds, self.log_times)
 
     def run(self) -> TrainResult:
-        """prepare, resume, batches, loop (step, log, checkpoint, validate), finish."""
-        self.prepare()
-        self.resume()
-        self.batches()
-        self.loop()
-        return self.finish()
+        """prepare, resume, batches, loop (step, log, checkpoint, validate), finish; the output folder's
+        lock is released at the end, on an error and on a signal."""
+        try:
+            self.prepare()
+            self.resume()
+            self.batches()
+            self.loop()
+            return self.finish()
+        finally:
+            self.lock.release()
 
 
 def seeded_task(task_cls: Callable[[Any], TaskT], config: TrainConfig) -> TaskT:
@@ -451,8 +488,13 @@ def seeded_task(task_cls: Callable[[Any], TaskT], config: TrainConfig) -> TaskT:
         from .hub import check_hub_ready
 
         check_hub_ready(config.hub_model_id, config.hub_token)
-    set_seed(config.seed)
-    return task_cls(config)
+    lock = lock_output_dir(config.output_dir)  # a second run into the folder stops before loading anything
+    try:
+        set_seed(config.seed)
+        return task_cls(config)
+    except BaseException:
+        lock.release()
+        raise
 
 
 def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
