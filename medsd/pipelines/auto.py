@@ -18,6 +18,8 @@ import torch
 from .folder import (
     MODEL_INDEX,
     ModelFolderError,
+    check_lora_folder,
+    check_pipeline_folder,
     folder_class_name,
     not_a_model_error,
     read_model_index,
@@ -37,9 +39,45 @@ MEDSD_PIPELINES = {
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 
 
+def _dtype_kwarg() -> str:
+    """``dtype`` where diffusers takes it (``torch_dtype`` is deprecated there), else ``torch_dtype``."""
+    from diffusers.pipelines import pipeline_utils
+
+    return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+
+
+_DTYPE_KWARG = _dtype_kwarg()
+
+
 def _pipeline_class(name: str | None) -> type | None:
     spec = MEDSD_PIPELINES.get(name or "")
     return getattr(importlib.import_module(spec[0]), spec[1]) if spec else None
+
+
+def check_model_folder(folder: str | os.PathLike, allow_pickle: bool = False) -> str:
+    """Check, without loading it, that a local folder is a model ``MedPipeline.from_pretrained`` opens:
+    returns "pipeline" or "lora"; otherwise a one-line :class:`ModelFolderError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise ModelFolderError(f"{folder} {what}; expected a model folder")
+    if (folder / MODEL_INDEX).is_file():
+        index = read_model_index(folder)
+        klass = _pipeline_class(folder_class_name(index))
+        if klass is None:
+            raise _unsupported(folder, folder_class_name(index))
+        check_pipeline_folder(folder, klass, allow_pickle=allow_pickle)
+        return "pipeline"
+    if (folder / LORA_WEIGHTS_FILE).is_file():
+        check_lora_folder(folder)
+        return "lora"
+    raise not_a_model_error(folder)
+
+
+def _unsupported(folder: Path, name: str | None) -> ModelFolderError:
+    return ModelFolderError(
+        f"{folder / MODEL_INDEX}: unsupported pipeline class {name!r}; expected one of {sorted(MEDSD_PIPELINES)}"
+    )
 
 
 class MedPipeline:
@@ -77,7 +115,7 @@ class MedPipeline:
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         folder = resolve_local_dir(path_or_id, **hub_kwargs)
         if torch_dtype is not None:
-            kwargs["torch_dtype"] = torch_dtype
+            kwargs[_DTYPE_KWARG] = torch_dtype
         kwargs["allow_pickle"] = allow_pickle
         if (folder / MODEL_INDEX).is_file():
             pipe = cls._load_pipeline_folder(folder, read_model_index(folder), kwargs)
@@ -103,9 +141,7 @@ class MedPipeline:
         name = folder_class_name(index)
         klass = _pipeline_class(name)
         if klass is None:
-            raise ModelFolderError(
-                f"{folder / MODEL_INDEX}: unsupported pipeline class {name!r}; expected one of {sorted(MEDSD_PIPELINES)}"
-            )
+            raise _unsupported(folder, name)
         if klass.__name__ == "TextToXRayPipeline":
             kwargs.setdefault("safety_checker", None)
             if not index.get("medsd_metadata"):  # a plain SD folder, or one merged by medsd <= 0.3
@@ -118,4 +154,4 @@ class MedPipeline:
         return pipe
 
 
-__all__ = ["MedPipeline"]
+__all__ = ["MedPipeline", "check_model_folder"]

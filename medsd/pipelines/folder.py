@@ -291,3 +291,28 @@ def check_lora_folder(folder: Path) -> dict[str, Any]:
     if base is not None and not isinstance(base, str):
         raise ModelFolderError(f"{path}: 'base_model' must be a folder or Hub id, got {base!r}")
     return info
+
+
+def check_shareable_folder(folder: Path, allow_pickle: bool = False) -> None:
+    """What ``medsd push`` uploads is a finished model: a pipeline (with a readable ``model_index.json``) or a
+    LoRA folder, not a checkpoint or an unfinished run, and without pickle-only weights (unless ``allow_pickle``)."""
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise ModelFolderError(f"{folder} {what}; expected a finished model folder")
+    if (folder / MODEL_INDEX).is_file():
+        read_model_index(folder)
+    elif (folder / LORA_WEIGHTS_FILE).is_file():
+        check_lora_folder(folder)
+    else:
+        raise not_a_model_error(folder)
+    if allow_pickle:
+        return
+    for sub in sorted(p for p in [folder, *folder.iterdir()] if p.is_dir()):
+        if sub.name.startswith(CHECKPOINT_PREFIX):
+            continue
+        files = [p for p in sub.iterdir() if p.is_file()]
+        pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+        if pickles and not any(p.name.endswith(".safetensors") for p in files):
+            raise ModelFolderError(
+                f"{pickles[0]}: pickle weights (loading them can run code); expected .safetensors; {PICKLE_HINT}"
+            )
