@@ -52,6 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from medsd.training.core import save_image_grid
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
 
+    if args.num_images < args.train_batch_size:
+        from medsd.errors import MedsdConfigError
+
+        raise MedsdConfigError(
+            f"--num_images {args.num_images}: expected at least --train_batch_size ({args.train_batch_size}) "
+            "training phantoms"
+        )
     out = Path(args.output_dir)
     t0 = time.perf_counter()
     steps = args.max_train_steps
