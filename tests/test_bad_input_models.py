@@ -217,6 +217,19 @@ MODEL_CASES = [
         check=wrote_images(1),
     ),
     Case(
+        "sd_safety_checker_entry_diffusers_writes_is_allowed",
+        lambda t: gen(
+            edit_index(
+                sd_base(t),
+                lambda i: i.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"]),
+            ),
+            "--prompt",
+            "a chest x-ray",
+        ),
+        "ok",
+        check=wrote_images(1),
+    ),
+    Case(
         "pickle_only_weights_refused",
         lambda t: gen(ddpm(t / "m", stock=True, pickle=True)),
         names=("unet/diffusion_pytorch_model.bin", "pickle", "safetensors", "--allow_pickle"),

@@ -148,7 +148,7 @@ class MedPipelineMixin:
             )
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         folder = resolve_local_dir(pretrained_model_name_or_path, **hub_kwargs)
-        check_pipeline_folder(folder, cls, allow_pickle=allow_pickle)
+        check_pipeline_folder(folder, cls, allow_pickle=allow_pickle, passed=set(kwargs))
         if not allow_pickle:
             if kwargs.get("use_safetensors") is False:
                 raise MedsdConfigError(

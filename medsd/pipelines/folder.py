@@ -214,12 +214,15 @@ def check_medsd_state(folder: Path, index: dict[str, Any]) -> None:
             raise ModelFolderError(f"{legacy_meta}: expected a JSON object of medsd metadata")
 
 
-def check_pipeline_folder(folder: Path, pipeline_class: type, allow_pickle: bool = False) -> dict[str, Any]:
+def check_pipeline_folder(
+    folder: Path, pipeline_class: type, allow_pickle: bool = False, passed: Any = ()
+) -> dict[str, Any]:
     """Refuse, in one line, a folder ``pipeline_class.from_pretrained`` must not open; returns its index.
 
     Checks that the folder is a pipeline folder of that class, that every component ``model_index.json``
     names comes from an allowed library and has its sub-folder, and that weights are safetensors (unless
-    ``allow_pickle``).
+    ``allow_pickle``). Components in ``passed`` (given to ``from_pretrained``, e.g. ``safety_checker=None``)
+    are not read from the folder, so their sub-folders are not checked.
     """
     if not (folder / MODEL_INDEX).is_file():
         if (folder / LORA_WEIGHTS_FILE).is_file():
@@ -243,7 +246,7 @@ def check_pipeline_folder(folder: Path, pipeline_class: type, allow_pickle: bool
         if not (isinstance(entry, list) and len(entry) == 2):
             raise ModelFolderError(f"{where}: expected [library, class name], got {entry!r}")
         klass = component_class(entry[0], entry[1], where)
-        if key in expected:
+        if key in expected and key not in passed:
             check_component_folder(folder, key, entry[0], klass, allow_pickle)
     missing = [k for k in expected if k not in index and k not in optional]
     if missing:
