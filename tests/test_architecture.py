@@ -248,3 +248,181 @@ def test_diffusers_small_folder_opens_in_stock_ddpm_pipeline_without_medsd(tmp_p
     # and medsd reopens the same folder with its extras
     again = MedDDPMPipeline.from_pretrained(tmp_path)
     assert isinstance(again, MedDDPMPipeline) and again.intensity_mapping == WindowMapping(0, 255)
+
+
+# -- one data path: evaluation reads sources only through medsd.data ----------------------------------------
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".nii", ".nii.gz"}
+SOURCE_LISTING_CALLS = {
+    "load_dataset",
+    "load_from_disk",
+    "walk",
+    "rglob",
+    "glob",
+    "iterdir",
+    "scandir",
+    "listdir",
+}
+EVAL_COMMANDS = ("eval", "cddpm_eval", "xray_table", "reader_study")
+"""medsd.commands modules that evaluate: their test data comes from medsd.data, never from medsd.training."""
+
+
+def _constants(tree: ast.AST) -> list[str]:
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def test_only_the_data_layer_lists_image_extensions():
+    offenders = []
+    for p in PKG.rglob("*.py"):
+        if p.relative_to(PKG).parts[0] == "data":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Tuple | ast.List | ast.Set):
+                exts = [c for c in _constants(node) if c.lower() in IMAGE_SUFFIXES]
+                if len(exts) >= 2:
+                    offenders.append(f"{p.relative_to(ROOT)}:{node.lineno} {exts}")
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name)]
+                offenders += [f"{p.relative_to(ROOT)}:{node.lineno} {n}" for n in names if "EXTENSION" in n]
+    assert not offenders, offenders
+
+
+def test_metrics_read_no_source_themselves():
+    """No source grammar (hf:, phantom names, .csv), no folder walking and no `datasets` loading in
+    medsd/metrics: load_image_set builds its sets with medsd.data.parse_source / build_dataset."""
+    from medsd.data.build import PHANTOM_SOURCES
+
+    offenders = []
+    for p in (PKG / "metrics").rglob("*.py"):
+        tree = ast.parse(p.read_text())
+        where = p.relative_to(ROOT)
+        for c in _constants(tree):
+            if c.startswith("hf:") or c in PHANTOM_SOURCES or c.lower() in (".csv", "metadata.csv"):
+                offenders.append(f"{where}: source grammar {c!r}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                if name in SOURCE_LISTING_CALLS:
+                    offenders.append(f"{where}:{node.lineno} {name}()")
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                offenders += [
+                    f"{where}:{node.lineno} import {m}" for m in mods if m.split(".")[0] == "datasets"
+                ]
+    assert not offenders, offenders
+    graph = _graph()
+    assert "medsd.data.build" in graph["medsd.metrics.io"]
+
+
+def test_evaluation_commands_do_not_import_training():
+    graph = _graph()
+    bad = {
+        f"medsd.commands.{m}": sorted(
+            t for t in graph[f"medsd.commands.{m}"] if t.startswith("medsd.training")
+        )
+        for m in EVAL_COMMANDS
+    }
+    assert not any(bad.values()), bad
+
+
+def _png_folder(root: Path) -> Path:
+    """Non-square 8-bit PNGs of different sizes in two label folders."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 30), (24, 52), (33, 33), (64, 48), (20, 28), (50, 36)]):
+        label = "pneumonia" if i % 2 else "normal"
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(root / label / f"{i}.png")
+    return root
+
+
+def _tensors01(dataset) -> torch.Tensor:
+    return (torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))])[:, 0] + 1) / 2
+
+
+@pytest.mark.parametrize("intensity", [None, "minmax", "percentile"])
+def test_evaluation_reads_a_folder_exactly_as_training_does(tmp_path, intensity):
+    from medsd.data import build_dataset, source_config
+    from medsd.metrics import load_image_set
+    from medsd.training.data_args import build_training_data
+    from medsd.training.ddpm import DDPMTrainConfig
+
+    folder = _png_folder(tmp_path / "imgs")
+    kw = {} if intensity is None else {"intensity": intensity}
+    evaluated = load_image_set(folder, size=16, **kw)
+    trained, mapping = build_training_data(
+        DDPMTrainConfig(train_data=str(folder), resolution=16, split="all", **kw), cache=False
+    )
+    assert evaluated.images.shape == (6, 16, 16)
+    assert torch.equal(torch.from_numpy(evaluated.images), _tensors01(trained).clamp(0, 1))
+    assert evaluated.labels == trained.labels and evaluated.paths == trained.paths
+    assert evaluated.intensity == mapping.to_dict()
+    # the same through a plain DataConfig, and a training config's DataConfig given to the evaluation
+    plain, _ = build_dataset(source_config(str(folder), resolution=16, split="all", **kw))
+    assert torch.equal(_tensors01(plain), _tensors01(trained))
+    cfg = DDPMTrainConfig(
+        train_data=str(folder), resolution=16, split="test", split_fractions=(0.5, 0.0, 0.5), seed=3, **kw
+    ).data_config()
+    test_part, _ = build_dataset(cfg)
+    again = load_image_set(folder, data=cfg)
+    assert (
+        len(again) == 3
+        and again.paths == test_part.paths
+        and torch.equal(torch.from_numpy(again.images), _tensors01(test_part))
+    )
+
+
+def test_evaluation_of_a_csv_keeps_labels_and_patients(tmp_path):
+    import csv
+
+    import numpy as np
+
+    from medsd.data import build_dataset, source_config
+    from medsd.metrics import load_image_set
+
+    folder = _png_folder(tmp_path)
+    rows = [
+        {"filename": str(p.relative_to(tmp_path)), "label": p.parent.name, "patient_id": f"pt{i // 2}"}
+        for i, p in enumerate(sorted(folder.rglob("*.png")))
+    ]
+    with open(tmp_path / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["filename", "label", "patient_id"])
+        w.writeheader()
+        w.writerows(rows)
+    s = load_image_set(tmp_path, size=16, label="pneumonia")  # a folder with metadata.csv: read through it
+    assert s.labels == ["pneumonia"] * 3
+    expect = [r["patient_id"] for r in rows if r["label"] == "pneumonia"]
+    assert s.patient_ids == expect
+    ds, _ = build_dataset(
+        source_config(str(tmp_path / "metadata.csv"), resolution=16, split="all", label_column="label")
+    )
+    pick = [i for i, lab in enumerate(ds.labels) if lab == "pneumonia"]
+    assert np.array_equal(s.images, _tensors01(ds.select(pick)).numpy())
+    from medsd.metrics.subsample import stratified_subsample
+
+    sub = load_image_set(tmp_path / "metadata.csv", size=16, max_images=3, seed=1)
+    chosen = stratified_subsample(6, 3, [r["label"] for r in rows], [r["patient_id"] for r in rows], seed=1)
+    assert [p.endswith(rows[i]["filename"]) for p, i in zip(sub.paths, chosen, strict=True)] == [True] * 3
+    assert sub.patient_ids == [rows[i]["patient_id"] for i in chosen]
+
+
+def test_evaluation_of_phantoms_matches_the_phantom_dataset():
+    from medsd.data import PhantomDataset
+    from medsd.metrics import load_image_set
+
+    s = load_image_set("phantom-ct", size=16, seed=5)
+    ds = PhantomDataset(1000, size=16, kind="ct", seed=5)
+    assert len(s) == 1000 and s.labels == ds.labels
+    assert torch.equal(torch.from_numpy(s.images[:4]), _tensors01(ds.select(range(4))))
+
+
+def test_a_missing_evaluation_source_is_named(tmp_path):
+    from medsd.data import MedImageError
+    from medsd.metrics import load_image_set
+
+    with pytest.raises(MedImageError, match="nope: image source not found"):
+        load_image_set(str(tmp_path / "nope"), size=16)

@@ -163,3 +163,26 @@ def test_nifti_slices(tmp_path):
     assert len(read_nifti_slices(tmp_path / "v.nii.gz", skip_empty=False)) == 6
     assert len(read_nifti_slices(tmp_path / "v.nii.gz", axis=0)) == 20
     np.testing.assert_array_equal(read_image(tmp_path / "v.nii.gz", frame=4).array, np.rot90(vol[:, :, 4]))
+
+
+def test_error_keeps_one_line_through_torch_worker_wrapper():
+    import pickle
+
+    from torch._utils import ExceptionWrapper
+
+    from medsd.data.errors import MissingPackageError
+
+    try:
+        try:
+            raise OSError("inner\ncause")
+        except OSError as e:
+            raise MedImageError("/data/x.png: cannot decode image; expected a PNG") from e
+    except MedImageError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 3")
+    with pytest.raises(MedImageError) as info:
+        wrapped.reraise()
+    assert str(info.value) == "/data/x.png: cannot decode image; expected a PNG"
+    again = pickle.loads(pickle.dumps(info.value))
+    assert type(again) is MedImageError and str(again) == str(info.value)
+    assert str(MedImageError("a\n  b")) == "a b"
+    assert issubclass(MissingPackageError, ImportError) and issubclass(MissingPackageError, MedImageError)

@@ -22,12 +22,32 @@ def test_ddpm_takes_train_unconditional_flags(tmp_path):
     assert parse_config(DDPMTrainConfig, ["--dataset_name", "me/cxr"]).train_data == "hf:me/cxr"
 
 
-def test_ddpm_num_epochs_sets_steps():
-    from medsd.training.ddpm import DDPMTask
+def test_ddpm_num_epochs_sets_the_run_steps_and_leaves_the_config_unchanged(tmp_path):
+    import copy
 
-    cfg = DDPMTrainConfig(phantom_count=10, resolution=16, train_batch_size=4, num_epochs=3)
-    n = len(DDPMTask(cfg).dataset)  # the training split of the 10 phantoms
-    assert n > 4 and cfg.max_train_steps == -(-3 * n // 4)  # ceil(3 epochs * n / batch 4)
+    import yaml
+
+    from medsd.training.ddpm import DDPMTask, train_ddpm
+
+    cfg = DDPMTrainConfig(phantom_count=10, split="all", resolution=16, train_batch_size=4, num_epochs=3)
+    task = DDPMTask(cfg)
+    n = len(task.dataset)  # all 10 phantoms
+    assert n > 4 and n % 4 and task.config.max_train_steps == 3 * -(-n // 4)  # 3 x whole steps per epoch
+    assert cfg.max_train_steps == 1000  # the config given is never changed
+
+    cfg = DDPMTrainConfig(
+        output_dir=str(tmp_path / "run"), phantom_count=10, split="all", resolution=16, train_batch_size=4, num_epochs=2,
+        checkpointing_steps=0, validation_steps=0, report_to="none", progress_bar=False, mixed_precision="no",
+    )  # fmt: skip
+    before = copy.deepcopy(cfg)
+    result = train_ddpm(cfg)
+    assert cfg == before  # training did not touch the config object
+    assert result.global_step == 2 * -(-n // 4) != cfg.max_train_steps
+    saved = yaml.safe_load((result.output_dir / "training_config.yaml").read_text())
+    assert saved["num_epochs"] == 2 and saved["max_train_steps"] == result.global_step
+    # the saved YAML gives the same run again
+    again = parse_config(DDPMTrainConfig, ["--config", str(result.output_dir / "training_config.yaml")])
+    assert DDPMTask(again).config.max_train_steps == result.global_step
 
 
 def test_sd_takes_train_text_to_image_lora_flags():
@@ -37,6 +57,39 @@ def test_sd_takes_train_text_to_image_lora_flags():
     ])  # fmt: skip
     assert cfg.crop == "center" and cfg.enable_xformers_memory_efficient_attention
     assert cfg.num_train_epochs == 2 and cfg.validation_epochs == 1 and cfg.hub_token == "hf_x"
+
+
+def test_data_flags_are_the_data_config_fields_and_old_names_alias_them():
+    import dataclasses
+
+    from medsd.data import DataConfig
+    from medsd.training.cddpm import CDDPMTrainConfig
+    from medsd.training.config import settable_fields
+
+    derived = {"source", "path", "data_dir", "phantom_kind"}  # what --train_data names
+    for cls in (DDPMTrainConfig, CDDPMTrainConfig, SDLoRATrainConfig):
+        flags = {f.name for f in settable_fields(cls)}
+        assert {f.name for f in dataclasses.fields(DataConfig)} - derived <= flags, cls
+        assert not derived & flags
+    old = parse_config(DDPMTrainConfig, [
+        "--data_split", "all", "--random_flip", "--affine_jitter", "true", "--max_train_samples", "5",
+        "--window_low", "-1000", "--window_high", "400", "--train_data", "phantom-ct",
+    ])  # fmt: skip
+    new = parse_config(DDPMTrainConfig, [
+        "--split", "all", "--hflip", "--affine", "true", "--max_samples", "5", "--window=-1000,400",
+        "--train_data", "phantom-ct",
+    ])  # fmt: skip
+    assert old == new and old.random_flip is None and old.window == (-1000.0, 400.0)
+    d = new.data_config()
+    assert type(d) is DataConfig and (d.source, d.phantom_kind, d.split, d.hflip) == (
+        "phantom",
+        "ct",
+        "all",
+        True,
+    )
+    assert (d.affine, d.max_samples, d.phantom_count) == (True, 5, 512)
+    # a DataConfig field is carried through by name, with no second list to edit
+    assert {k: getattr(new, k) for k in d.to_dict()} == d.to_dict()
 
 
 def test_metadata_jsonl_imagefolder_with_caption_column(tmp_path):

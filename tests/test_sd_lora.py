@@ -88,7 +88,7 @@ def test_flags_follow_diffusers_names(tmp_path):
     )  # fmt: skip
     assert (cfg.resolution, cfg.rank, cfg.target_modules) == (256, 8, ["to_q", "to_v"])
     assert cfg.train_text_encoder is True and cfg.snr_gamma == 5.0
-    assert cfg.random_flip is False and cfg.crop == "center"
+    assert cfg.hflip is False and cfg.crop == "center"
     assert cfg.resolved_train_data() == "phantom"
     # defaults: U-Net attention projections, 512 px
     default = SDLoRATrainConfig()

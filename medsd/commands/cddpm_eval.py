@@ -131,12 +131,9 @@ def load_test_images(
     Without ``--intensity`` the test images are mapped with the model's saved (fitted) intensity window, so the
     model sees the intensity scale it was trained on.
     """
-    import dataclasses
-
     import torch
 
-    from medsd.data import build_dataset, parse_source
-    from medsd.training.data_args import DataArgs, data_config
+    from medsd.data import build_dataset, source_config
 
     window = None
     intensity = args.intensity
@@ -145,23 +142,21 @@ def load_test_images(
         if mapping is not None and getattr(mapping, "fitted", False):
             window = (float(mapping.low), float(mapping.high))
 
-    split = args.split
-    if parse_source(args.data).kind == "phantom":
-        # Phantom i depends only on (seed, i): draw test phantoms from a seed no training run used.
-        seed, split = seed + 99_991, "all"
-    dargs = DataArgs(
-        train_data=args.data,
+    cfg = source_config(
+        args.data,
         image_column=args.image_column,
         label_column=args.label_column,
         patient_column=args.patient_column,
-        data_split=split,
+        split=args.split,
+        seed=seed,
         resolution=resolution,
         intensity=intensity,
+        window=window,
         phantom_count=args.phantom_count,
     )
-    cfg = data_config(dargs, seed=seed, split=split)
-    if window is not None and hasattr(cfg, "window"):
-        cfg = dataclasses.replace(cfg, window=window)
+    if cfg.source == "phantom":
+        # Phantom i depends only on (seed, i): draw test phantoms from a seed no training run used.
+        cfg.seed, cfg.split = seed + 99_991, "all"
     dataset, _ = build_dataset(cfg)
     sub_seed = getattr(args, "subsample_seed", None)
     idx = choose_test_indices(dataset, args.num_images, args.seed if sub_seed is None else sub_seed)

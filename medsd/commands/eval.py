@@ -30,6 +30,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--label_column", default="label", help="CSV label column (default: label)")
     io.add_argument("--filename_column", default="filename", help="CSV file-name column (default: filename)")
     io.add_argument(
+        "--patient_column",
+        default="patient_id",
+        help="patient id column, used when present (default: patient_id)",
+    )
+    io.add_argument(
+        "--intensity",
+        default=None,
+        help="intensity mapping, as in training: window (default; see --window), minmax or percentile",
+    )
+    io.add_argument(
+        "--window",
+        default=None,
+        metavar="LOW,HIGH",
+        help="window of --intensity window in native units (default 0,255), e.g. the training window",
+    )
+    io.add_argument(
         "--max_images",
         type=int,
         default=None,
@@ -128,42 +144,32 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _window(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--window: expected LOW,HIGH (two numbers), got {text!r}") from None
+    return low, high
+
+
 def config_from_args(args):
+    """The ``EvalConfig`` of the parsed flags: every flag named like a field sets it."""
+    import dataclasses
+
     from medsd.metrics.evaluate import EvalConfig
 
-    return EvalConfig(
-        real=args.real,
-        fake=args.fake,
-        out=args.out,
-        train=args.train,
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(
         features=list(args.features),
-        size=args.size,
-        max_images=args.max_images,
-        real_label=args.real_label,
-        fake_label=args.fake_label,
-        train_label=args.train_label,
-        label_column=args.label_column,
-        filename_column=args.filename_column,
-        k=args.k,
-        kid_subsets=args.kid_subsets,
-        kid_subset_size=args.kid_subset_size,
-        copy_threshold=args.copy_threshold,
-        ncc_size=args.ncc_size,
-        diversity_pairs=args.diversity_pairs,
-        class_pairs=args.class_pairs,
-        paired=args.paired,
+        window=_window(args.window),
         lpips=args.lpips or bool(args.lpips_weights),
-        lpips_weights=args.lpips_weights,
-        reference_draws=args.reference_draws,
-        downstream=args.downstream,
-        downstream_epochs=args.downstream_epochs,
         image_figures=not args.no_image_figures,
-        seed=args.seed,
-        inception_weights=args.inception_weights,
-        clip_checkpoint=args.clip_checkpoint,
-        device=args.device,
         progress=not args.quiet,
     )
+    return EvalConfig(**values)
 
 
 def check_inputs(args) -> None:

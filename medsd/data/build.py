@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +12,11 @@ import numpy as np
 from .datasets import SPLITS, CSVImageDataset, FolderImageDataset, _hash_part, patient_split  # noqa: F401
 from .errors import MedImageError
 from .hf_datasets import HFImageDataset, HFStreamingImageDataset  # noqa: F401
-from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, WindowMapping
+from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, WindowMapping, default_mapping
 from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
 from .transforms import ImageTransform
+
+logger = logging.getLogger("medsd.data")
 
 PHANTOM_SOURCES = {"phantom": "chest", "phantom-chest": "chest", "phantom-ct": "ct"}
 """Source strings of the embedded procedural phantoms, and the phantom kind each names."""
@@ -28,6 +31,8 @@ class SourceSpec:
     path: str | None = None
     data_dir: str | None = None
     phantom_kind: str = "chest"
+    hf_split: str | None = None
+    """The split named by ``hf:ID:SPLIT`` (None: the config's ``hf_split``)."""
 
 
 def is_jsonl_imagefolder(source: str) -> bool:
@@ -37,62 +42,121 @@ def is_jsonl_imagefolder(source: str) -> bool:
     return Path(source).is_dir() and (Path(source) / "metadata.jsonl").is_file()
 
 
-def parse_source(source: str, streaming: bool = False) -> SourceSpec:
-    """The one reading of medsd's source grammar (``--train_data``, ``--data``, ``--train_data_dir``).
+def is_saved_dataset(source: str) -> bool:
+    """A folder written by ``datasets``' ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``)."""
+    from pathlib import Path
 
-    ``phantom`` / ``phantom-chest`` / ``phantom-ct``; ``hf:ID`` (a ``datasets`` id); a ``.csv`` metadata file;
-    a folder (read by ``datasets``' imagefolder when it has ``metadata.jsonl`` or ``streaming`` is set);
-    anything else is taken as a ``datasets`` id or saved-dataset folder.
+    p = Path(source)
+    return p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+def _csv_header(path: Any) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
+
+
+def parse_source(
+    source: str, streaming: bool = False, *, metadata_csv: str | None = None, hub_ids: bool = True
+) -> SourceSpec:
+    """The one reading of medsd's source grammar (``--train_data``, ``--data``, ``--real`` / ``--fake``).
+
+    ``phantom`` / ``phantom-chest`` / ``phantom-ct``; ``hf:ID`` or ``hf:ID:SPLIT`` (a ``datasets`` id); a
+    ``.csv`` metadata file; a ``save_to_disk`` folder; a folder (read by ``datasets``' imagefolder when it has
+    ``metadata.jsonl`` or ``streaming`` is set; read through its ``metadata.csv`` when ``metadata_csv`` names
+    an image column that CSV has); anything else is a ``datasets`` id, or, with ``hub_ids=False``, refused
+    as not found.
     """
     from pathlib import Path
 
     if source in PHANTOM_SOURCES:
         return SourceSpec("phantom", phantom_kind=PHANTOM_SOURCES[source])
     if source.startswith("hf:"):
-        return SourceSpec("hf", source[3:])
+        name, _, split = source[3:].partition(":")
+        return SourceSpec("hf", name, hf_split=split or None)
     if source.endswith(".csv"):
         return SourceSpec("csv", source)
-    if Path(source).is_dir():
+    p = Path(source)
+    if p.is_dir():
+        if is_saved_dataset(source):
+            return SourceSpec("hf", source)
         if streaming or is_jsonl_imagefolder(source):
             return SourceSpec("hf", "imagefolder", data_dir=source)
+        table = p / "metadata.csv"
+        if metadata_csv and table.is_file() and metadata_csv in _csv_header(table):
+            return SourceSpec("csv", str(table))
         return SourceSpec("folder", source)
+    if not hub_ids:
+        raise MedImageError(
+            f"{source}: image source not found; expected a folder, a .csv file, 'phantom' / 'phantom-ct' "
+            "or hf:<dataset id>[:split]"
+        )
     return SourceSpec("hf", source)
 
 
 @dataclass
 class DataConfig:
     """Everything ``build_dataset`` needs. ``image_column`` defaults to ``"filename"`` (csv) / ``"image"``
-    (hf); ``window`` (low, high) defaults to (0, 255); ``split`` picks one part of a patient-level split
-    (``"all"`` keeps everything); ``hf_split`` is the Hugging Face split to load."""
+    (hf); ``split`` picks one part of a patient-level split (``"all"`` keeps everything); ``hf_split`` is
+    the Hugging Face split to load.
+
+    ``intensity``: ``"auto"`` (default) chooses the mapping from the data's type and modality
+    (``medsd.data.intensity.default_mapping``); ``"window"`` with ``window=(low, high)`` is fixed (without
+    ``window`` it is ``"auto"``); ``"minmax"`` / ``"percentile"`` are fitted on ``fit_samples`` images.
+    ``min_image_size`` (default ``max(16, resolution // 8)``, at most ``resolution``) and
+    ``max_aspect_ratio`` (default 4; None: no limit) refuse images too small or too elongated to become
+    data; ``allow_outside_root`` lets CSV paths leave the CSV's folder (``../x.png``, absolute paths)."""
 
     source: str = "phantom"
+    """phantom, folder, csv or hf (see :func:`parse_source`)."""
     path: str | None = None
     image_column: str | None = None
+    """Image path column of a metadata CSV (default 'filename') or image column of a datasets dataset
+    (default 'image')."""
     label_column: str | None = None
     caption_column: str | None = None
     patient_column: str | None = None
+    """Patient id column: splits never put one patient on both sides."""
     patient_id_pattern: str | None = None
+    """Folders: a regex whose first group, searched in the file name, is the patient id."""
     prompt_template: str | None = None
+    """e.g. 'a chest x-ray, {label}' (fields from the metadata)."""
     resolution: int = 64
     crop: str = "center"
+    """center or random."""
     affine: bool = False
+    """Small random rotation, shift and zoom."""
     hflip: bool = False
+    """Random left-right flip; off by default: a flip swaps left and right in a chest X-ray."""
     upscale: bool = True
-    intensity: str = "window"
+    """Enlarge images smaller than the resolution (false: refuse them)."""
+    intensity: str = "auto"
+    """auto (chosen from the data's type and modality), window (fixed; see window), minmax or percentile
+    (fitted)."""
     window: tuple[float, float] | None = None
+    """(low, high) of the window mapping in native units; on the command line LOW,HIGH (--window=-1000,400 for HU)."""
     percentiles: tuple[float, float] = (0.5, 99.5)
     fit_samples: int = 64
+    """Images a fitted intensity mapping (minmax, percentile) is fitted on."""
     split: str = "train"
+    """train, val, test or all (patient-level split of the source)."""
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     max_samples: int | None = None
+    """Keep at most this many images (the first of the split)."""
     skip_bad_images: bool = False
+    """Skip unreadable images (listed at the end) instead of stopping."""
     streaming: bool = False
     hf_split: str = "train"
+    """Split of a Hugging Face dataset to load."""
     data_dir: str | None = None
     phantom_kind: str = "chest"
     phantom_count: int = 1000
     finding_probability: float = 0.5
+    min_image_size: int | None = None
+    max_aspect_ratio: float | None = 4.0
+    allow_outside_root: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> DataConfig:
@@ -107,30 +171,90 @@ class DataConfig:
         return dataclasses.asdict(self)
 
 
-def _make_mapping(cfg: DataConfig) -> IntensityMapping:
+INTENSITY_CHOICES = ("auto", "window", "minmax", "percentile")
+
+
+def source_config(
+    source: str,
+    *,
+    streaming: bool = False,
+    metadata_csv: str | None = None,
+    hub_ids: bool = True,
+    **fields: Any,
+) -> DataConfig:
+    """The :class:`DataConfig` of a source string (:func:`parse_source`), with any other ``fields`` set."""
+    spec = parse_source(source, streaming, metadata_csv=metadata_csv, hub_ids=hub_ids)
+    values: dict[str, Any] = dict(
+        source=spec.kind, path=spec.path, data_dir=spec.data_dir, phantom_kind=spec.phantom_kind
+    )
+    if spec.hf_split is not None:
+        values["hf_split"] = spec.hf_split
+    return DataConfig(**{**values, "streaming": streaming, **fields})
+
+
+def source_columns(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """(columns, image columns) a CSV or ``datasets`` source offers; image columns are the ``datasets``
+    ``Image`` features. Folders and phantoms have none."""
+    if cfg.source == "csv":
+        from pathlib import Path
+
+        if not Path(cfg.path).is_file():
+            raise MedImageError(f"{cfg.path}: CSV file not found")
+        return _csv_header(cfg.path), []
+    if cfg.source != "hf":
+        return [], []
+    from .hf_datasets import _load_hf, _require_datasets
+
+    ds = _load_hf(cfg.path, cfg.hf_split, cfg.data_dir, cfg.streaming)
+    features = ds.features or {}
+    image = _require_datasets().Image
+    return list(features), [k for k, v in features.items() if isinstance(v, image)]
+
+
+def _make_mapping(cfg: DataConfig) -> IntensityMapping | None:
+    """The configured mapping (unfitted for minmax/percentile), or None for ``"auto"``."""
+    if cfg.intensity == "auto" or (cfg.intensity == "window" and cfg.window is None):
+        return None
     if cfg.intensity == "window":
-        low, high = cfg.window if cfg.window is not None else (0.0, 255.0)
+        low, high = cfg.window  # type: ignore[misc]
+        if low is None or high is None:
+            raise MedImageError(f"data config window: expected (low, high), got {cfg.window!r}")
         return WindowMapping(low, high)
     if cfg.intensity == "minmax":
         return MinMaxMapping()
     if cfg.intensity == "percentile":
         return PercentileMapping(*cfg.percentiles)
     raise MedImageError(
-        f"data config intensity: expected 'window', 'minmax' or 'percentile', got {cfg.intensity!r}"
+        f"data config intensity: expected one of {', '.join(INTENSITY_CHOICES)}, got {cfg.intensity!r}"
     )
+
+
+def _fit_samples(ds: Any, cfg: DataConfig, streaming: bool) -> list:
+    """(array, meta) of up to ``fit_samples`` checked images (a seeded pick); a bad one raises."""
+    if cfg.fit_samples < 1:
+        raise MedImageError(f"data config fit_samples: expected a positive integer, got {cfg.fit_samples}")
+    if streaming:
+        return [(img.array, img.meta) for img in ds.iter_samples(cfg.fit_samples)]
+    rng = np.random.default_rng(cfg.seed)
+    pick = sorted(rng.choice(len(ds), size=min(cfg.fit_samples, len(ds)), replace=False))
+    return ds.samples([int(i) for i in pick])
 
 
 def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
     """Build the dataset described by ``cfg`` and its (fitted) intensity mapping.
 
     Order: load the source, take split ``cfg.split`` (patient-level, seeded), cap at ``max_samples``, drop
-    bad images if ``skip_bad_images``, then fit a data-dependent mapping on up to ``fit_samples`` images.
-    Phantoms are always in [0, 1] and use ``WindowMapping(0, 1)``.
+    bad images if ``skip_bad_images``, then choose (``"auto"``) or fit (``"minmax"``, ``"percentile"``) the
+    mapping on up to ``fit_samples`` images. Phantoms are always in [0, 1] and use ``WindowMapping(0, 1)``.
+    Images with NaN/inf pixels, below ``min_image_size`` or beyond ``max_aspect_ratio`` raise
+    ``MedImageError`` naming the file (or are skipped and listed in ``dataset.skipped``).
     """
     if cfg.split not in (*SPLITS, "all"):
         raise MedImageError(f"data config split: expected one of {(*SPLITS, 'all')}, got {cfg.split!r}")
     common = dict(crop=cfg.crop, affine=cfg.affine, hflip=cfg.hflip, upscale=cfg.upscale)
-    common["prompt_template"] = cfg.prompt_template
+    common.update(
+        prompt_template=cfg.prompt_template, min_size=cfg.min_image_size, max_aspect=cfg.max_aspect_ratio
+    )
     mapping = _make_mapping(cfg)
     if cfg.source == "phantom":
         from .phantoms import PhantomDataset
@@ -162,6 +286,7 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
             cfg.patient_column,
             resolution=cfg.resolution,
             mapping=mapping,
+            allow_outside_root=cfg.allow_outside_root,
             **common,
         )
     elif cfg.source == "hf":
@@ -189,7 +314,8 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
         if streaming:
             ds.restrict(cfg.split, cfg.split_fractions, cfg.seed)
         else:
-            parts = patient_split(ds.patient_ids, cfg.split_fractions, cfg.seed)
+            keys = ds.split_keys if hasattr(ds, "split_keys") else ds.patient_ids
+            parts = patient_split(keys, cfg.split_fractions, cfg.seed)
             ds = ds.select(parts[SPLITS.index(cfg.split)])
     if cfg.max_samples is not None:
         if streaming:
@@ -200,16 +326,14 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
         raise MedImageError(f"data config: split {cfg.split!r} of {cfg.source} source {cfg.path!r} is empty")
     if cfg.skip_bad_images and not streaming and cfg.source != "phantom":
         ds.drop_bad_images()
-    if not mapping.fitted:
-        if streaming:
-            arrays = list(ds.iter_native(cfg.fit_samples))
-        else:
-            rng = np.random.default_rng(cfg.seed)
-            pick = sorted(rng.choice(len(ds), size=min(cfg.fit_samples, len(ds)), replace=False))
-            arrays = [ds.read_native(int(i)) for i in pick]
-        if not arrays:
+    if mapping is None:
+        mapping, why = default_mapping(_fit_samples(ds, cfg, streaming), f"{cfg.source} source {cfg.path!r}")
+        logger.info("intensity mapping of %s: %r (%s)", cfg.path, mapping, why)
+    elif not mapping.fitted:
+        samples = _fit_samples(ds, cfg, streaming)
+        if not samples:
             raise MedImageError(f"data config: no images to fit the {cfg.intensity!r} intensity mapping on")
-        mapping.fit(arrays)
+        mapping.fit([a for a, _ in samples])
     if cfg.source != "phantom":
         ds.mapping = mapping
     return ds, mapping

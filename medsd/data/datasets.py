@@ -9,8 +9,8 @@ builds one from a ``DataConfig``, applies a patient-level split and fits the int
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
+import logging
 import math
 import re
 import warnings
@@ -22,13 +22,25 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import MedImageError
-from .intensity import IntensityMapping, WindowMapping
-from .io import IMAGE_EXTENSIONS, read_image
+from medsd.errors import MedsdError
+
+from .errors import MedImageError, one_line
+from .intensity import IntensityMapping, default_mapping
+from .io import DATASET_EXTENSIONS, IMAGE_EXTENSIONS, MedImage, check_finite, read_image  # noqa: F401
+from .listing import (
+    _MULTI_FRAME,
+    check_columns,
+    confined_path,
+    frames_of,
+    other_files_hint,
+    read_csv_rows,
+    walk_images,
+)
 from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
 from .transforms import ImageTransform
 
 SPLITS = ("train", "val", "test")
+logger = logging.getLogger("medsd.data")
 
 
 def patient_split(
@@ -94,22 +106,91 @@ def _progress(iterable, total: int | None, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, unit="img")
 
 
-class _ImageItems:
-    """Shared behaviour: map, transform and package one native image as a dataset item."""
+def default_min_size(resolution: int) -> int:
+    """The smallest image side accepted by default: 16 px or 1/8 of ``resolution``, whichever is larger,
+    and never more than ``resolution`` (so a 1x1 image or a thumbnail is never upscaled into data)."""
+    return min(int(resolution), max(16, int(resolution) // 8))
 
-    mapping: IntensityMapping
+
+MAX_ASPECT_RATIO = 4.0
+"""Default largest long/short side ratio of an image (a 10x20000 strip is not an image to crop)."""
+
+
+class _ImageItems:
+    """Shared behaviour: check, map, transform and package one native image as a dataset item."""
+
     transform: ImageTransform
     template: PromptTemplate | None
+    name: str
 
-    def _setup(self, resolution, mapping, crop, affine, hflip, upscale, prompt_template, transform) -> None:
-        self.mapping = mapping if mapping is not None else WindowMapping(0, 255)
+    def _setup(
+        self,
+        resolution,
+        mapping,
+        crop,
+        affine,
+        hflip,
+        upscale,
+        prompt_template,
+        transform,
+        min_size: int | None = None,
+        max_aspect: float | None = MAX_ASPECT_RATIO,
+    ) -> None:
+        self._mapping = mapping
         self.transform = transform or ImageTransform(resolution, crop, affine, hflip, upscale=upscale)
+        res = int(getattr(self.transform, "resolution", resolution))
+        self.min_size = default_min_size(res) if min_size is None else int(min_size)
+        if max_aspect is not None and not max_aspect >= 1.0:
+            raise MedImageError(f"max_aspect_ratio: expected a number >= 1 or None, got {max_aspect!r}")
+        self.max_aspect = max_aspect
         self.template = _as_template(prompt_template)
         self.skipped: list[tuple[str, str]] = []
 
-    def _item(self, array: np.ndarray, path: str, label, caption, patient_id, fields: dict) -> dict:
+    @property
+    def mapping(self) -> IntensityMapping:
+        """The intensity mapping; without one given it is chosen from the data (``default_mapping``)."""
+        if self._mapping is None:
+            mapping, why = default_mapping(self._auto_samples(16), self.name)
+            logger.info("%s: intensity mapping %r (%s)", self.name, mapping, why)
+            self._mapping = mapping
+        return self._mapping
+
+    @mapping.setter
+    def mapping(self, value: IntensityMapping | None) -> None:
+        self._mapping = value
+
+    def _auto_samples(self, n: int) -> list[tuple[np.ndarray, dict]]:
+        raise NotImplementedError
+
+    def _validate(self, array: np.ndarray, where: str) -> None:
+        """Refuse what must not become training or evaluation data: not 2-D, NaN/inf pixels, smaller
+        than ``min_size`` (or the crop without ``upscale``), longer than ``max_aspect`` : 1."""
+        a = np.asarray(array)
+        if a.ndim != 2 or a.size == 0:
+            raise MedImageError(f"{where}: expected a 2-D image, got shape {a.shape}")
+        check_finite(a, where)
+        h, w = a.shape
+        if self.max_aspect is not None and max(h, w) > self.max_aspect * min(h, w):
+            raise MedImageError(
+                f"{where}: image is {h}x{w}, aspect ratio {max(h, w) / min(h, w):.1f}:1 over the limit of "
+                f"{self.max_aspect:g}:1; expected a roughly square image (max_aspect_ratio)"
+            )
+        res = int(getattr(self.transform, "resolution", 0))
+        if not getattr(self.transform, "upscale", True) and min(h, w) < res:
+            raise MedImageError(f"{where}: image is {h}x{w}, smaller than the crop size {res}x{res}")
+        if min(h, w) < self.min_size:
+            raise MedImageError(
+                f"{where}: image is {h}x{w}, below the minimum side of {self.min_size} px; expected images "
+                f"of at least {self.min_size}x{self.min_size} (min_image_size)"
+            )
+
+    def _item(
+        self, array: np.ndarray, path: str, label, caption, patient_id, fields: dict, where: str | None = None
+    ) -> dict:
+        where = where or path
+        self._validate(array, where)
         x = torch.from_numpy(self.mapping.forward(np.asarray(array, dtype=np.float32)))[None]
-        x = self.transform(x, path=path)
+        x = self.transform(x, path=where)
         if not _missing(caption):
             prompt = str(caption)
         elif self.template is not None:
@@ -125,15 +206,23 @@ class _ImageItems:
             "patient_id": None if _missing(patient_id) else str(patient_id),
         }
 
-    def _check_native(self, array: np.ndarray, path: str) -> None:
-        if array.size == 0:
-            raise MedImageError(f"{path}: empty image (shape {array.shape})")
-        if not getattr(self.transform, "upscale", True):
-            self.transform(torch.zeros(1, *array.shape[-2:]), path=path)  # raises if too small for the crop
+
+def _read_record(r: dict) -> MedImage:
+    """``read_image`` of a record; an unexpected library error still becomes one line naming the file."""
+    try:
+        return read_image(r["path"], frame=r.get("frame"))
+    except MedsdError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder's own exception type; keep it chained for --debug
+        raise MedImageError(f"{_where(r)}: cannot read image ({type(e).__name__}: {one_line(e)})") from e
+
+
+def _where(r: dict) -> str:
+    return r["path"] if r.get("frame") is None else f"{r['path']} (frame {r['frame']})"
 
 
 class _RecordDataset(_ImageItems, Dataset):
-    """A map-style dataset over a list of file records."""
+    """A map-style dataset over a list of file records (``path``, optional ``frame``, label, ...)."""
 
     name = "dataset"
 
@@ -157,14 +246,58 @@ class _RecordDataset(_ImageItems, Dataset):
     def patient_ids(self) -> list[str | None]:
         return [r["patient_id"] for r in self.records]
 
+    @property
+    def split_keys(self) -> list[str | None]:
+        """What a patient-level split groups by: the patient id, else the file for the frames / slices of
+        one multi-frame file (so one volume is never on two sides), else None (the item on its own)."""
+        return [
+            r["patient_id"]
+            if not _missing(r["patient_id"])
+            else (f"file:{r['path']}" if r.get("frame") is not None else None)
+            for r in self.records
+        ]
+
+    def read_sample(self, i: int) -> MedImage:
+        """Item ``i`` as a checked ``MedImage`` in native units (before mapping and transforms)."""
+        r = self.records[i]
+        img = _read_record(r)
+        self._validate(img.array, _where(r))
+        return img
+
     def read_native(self, i: int) -> np.ndarray:
         """Item ``i`` as a float32 HxW array in native units (before mapping and transforms)."""
-        return read_image(self.records[i]["path"]).array
+        return self.read_sample(i).array
+
+    def samples(self, indices: Sequence[int], strict: bool = True) -> list[tuple[np.ndarray, dict]]:
+        """(array, meta) of items ``indices``; bad items raise when ``strict``, else are left out."""
+        out, first = [], None
+        for i in indices:
+            try:
+                img = self.read_sample(int(i))
+            except MedImageError as e:
+                if strict:
+                    raise
+                first = first or e
+                continue
+            out.append((img.array, img.meta))
+        if not out and first is not None:
+            raise first
+        return out
+
+    def _auto_samples(self, n: int) -> list[tuple[np.ndarray, dict]]:
+        if not self.records:
+            return []
+        pick = sorted(
+            {int(round(v)) for v in np.linspace(0, len(self.records) - 1, min(n, len(self.records)))}
+        )
+        return self.samples(pick, strict=False)
 
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
-        img = read_image(r["path"])
-        return self._item(img.array, r["path"], r["label"], r.get("caption"), r["patient_id"], r["fields"])
+        img = _read_record(r)
+        return self._item(
+            img.array, r["path"], r["label"], r.get("caption"), r["patient_id"], r["fields"], where=_where(r)
+        )
 
     def select(self, indices: Sequence[int]):
         """A shallow copy restricted to ``indices``."""
@@ -174,16 +307,16 @@ class _RecordDataset(_ImageItems, Dataset):
         return out
 
     def drop_bad_images(self, progress: bool = True):
-        """Decode every file once; drop unreadable ones (and ones too small for the crop), listing them in
-        ``skipped`` as (path, reason) and warning with a summary."""
+        """Decode every file once; drop unreadable ones (and ones failing the size, aspect and finite-pixel
+        checks), listing them in ``skipped`` as (path, reason) and warning with a summary."""
         good, skipped = [], []
         it = _progress(self.records, len(self.records), f"checking {self.name}", progress and len(self) > 200)
         for r in it:
             try:
-                self._check_native(read_image(r["path"]).array, r["path"])
+                self._validate(_read_record(r).array, _where(r))
                 good.append(r)
             except MedImageError as e:
-                skipped.append((r["path"], str(e)))
+                skipped.append((_where(r), str(e)))
         self.records, self.skipped = good, self.skipped + skipped
         _warn_skipped(self.name, skipped, len(good) + len(skipped))
         if not good:
@@ -193,11 +326,25 @@ class _RecordDataset(_ImageItems, Dataset):
         return self
 
 
+def _expand(records: list[dict], progress: bool, name: str) -> list[dict]:
+    """One record per 2-D image: multi-frame DICOM / multi-page TIFF frames and NIfTI slices."""
+    out = []
+    multi = [r for r in records if Path(r["path"]).name.lower().endswith(_MULTI_FRAME)]
+    frames = {}
+    for r in _progress(multi, len(multi), f"listing frames of {name}", progress and len(multi) > 200):
+        frames[r["path"]] = frames_of(Path(r["path"]))
+    for r in records:
+        for f in frames.get(r["path"], [None]):
+            out.append(r if f is None else {**r, "frame": f})
+    return out
+
+
 class FolderImageDataset(_RecordDataset):
-    """All images under ``root`` (recursive, sorted). The label is the first sub-folder name, e.g.
-    ``chest_xray/train/PNEUMONIA/x.jpeg`` with ``root="chest_xray/train"`` -> ``"PNEUMONIA"``; files directly
-    in ``root`` have label None. ``patient_id_pattern`` is a regex whose first group, searched in the file
-    name, gives the patient id (e.g. ``r"^(\\d+)_"`` for NIH names, ``r"^(person\\d+)_"`` for Kaggle)."""
+    """All images under ``root`` (recursive, sorted; linked folders followed once). The label is the first
+    sub-folder name, e.g. ``chest_xray/train/PNEUMONIA/x.jpeg`` with ``root="chest_xray/train"`` ->
+    ``"PNEUMONIA"``; files directly in ``root`` have label None. NIfTI volumes give one item per non-empty
+    axial slice, multi-frame DICOM / multi-page TIFF one per frame. ``patient_id_pattern`` is a regex whose
+    first group, searched in the file name, gives the patient id (e.g. ``r"^(\\d+)_"`` for NIH names)."""
 
     def __init__(
         self,
@@ -210,25 +357,36 @@ class FolderImageDataset(_RecordDataset):
         hflip: bool = False,
         upscale: bool = True,
         prompt_template: str | PromptTemplate | None = None,
-        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        extensions: Sequence[str] = DATASET_EXTENSIONS,
         patient_id_pattern: str | None = None,
         skip_bad_images: bool = False,
         transform: ImageTransform | None = None,
         progress: bool = True,
+        min_size: int | None = None,
+        max_aspect: float | None = MAX_ASPECT_RATIO,
     ) -> None:
         root = Path(root)
         self.root, self.name = root, str(root)
         if not root.is_dir():
             raise MedImageError(f"{root}: not a directory; expected a folder of images")
-        self._setup(resolution, mapping, crop, affine, hflip, upscale, prompt_template, transform)
-        exts = tuple(e.lower() for e in extensions)
-        files = sorted(
-            p
-            for p in root.rglob("*")
-            if p.is_file() and p.name.lower().endswith(exts) and not any(s.startswith(".") for s in p.parts)
+        self._setup(
+            resolution,
+            mapping,
+            crop,
+            affine,
+            hflip,
+            upscale,
+            prompt_template,
+            transform,
+            min_size,
+            max_aspect,
         )
+        files = walk_images(root, extensions)
         if not files:
-            raise MedImageError(f"{root}: no image files found (looked for {', '.join(exts)}, recursively)")
+            raise MedImageError(
+                f"{root}: no image files found (looked for {', '.join(extensions)}, recursively)"
+                + other_files_hint(root)
+            )
         pattern = re.compile(patient_id_pattern) if patient_id_pattern else None
         records = []
         for p in files:
@@ -240,13 +398,14 @@ class FolderImageDataset(_RecordDataset):
                 pid = (m.group(1) if m.groups() else m.group(0)) if m else None
             fields = {"filename": p.name}
             records.append({"path": str(p), "label": label, "patient_id": pid, "fields": fields})
-        self._init_records(records, skip_bad_images, progress)
+        self._init_records(_expand(records, progress, self.name), skip_bad_images, progress)
 
 
 class CSVImageDataset(_RecordDataset):
-    """Images listed in a metadata CSV. Paths in ``image_column`` are relative to ``root`` (default: the CSV's
-    folder). Every column is available to the prompt template (e.g. ``{view}``); ``caption_column``, when
-    set and non-empty, is used as the prompt as it is."""
+    """Images listed in a UTF-8 metadata CSV. Paths in ``image_column`` are relative to ``root`` (default: the
+    CSV's folder) and must stay inside it unless ``allow_outside_root``. Every column is available to the
+    prompt template (e.g. ``{view}``); ``caption_column``, when set and non-empty, is used as the prompt as
+    it is. A row naming a NIfTI volume or multi-frame file gives one item per slice / frame."""
 
     def __init__(
         self,
@@ -267,42 +426,49 @@ class CSVImageDataset(_RecordDataset):
         skip_bad_images: bool = False,
         transform: ImageTransform | None = None,
         progress: bool = True,
+        min_size: int | None = None,
+        max_aspect: float | None = MAX_ASPECT_RATIO,
+        allow_outside_root: bool = False,
     ) -> None:
         csv_path = Path(csv_path)
         self.name = str(csv_path)
         if not csv_path.is_file():
             raise MedImageError(f"{csv_path}: CSV file not found")
-        self._setup(resolution, mapping, crop, affine, hflip, upscale, prompt_template, transform)
+        self._setup(
+            resolution,
+            mapping,
+            crop,
+            affine,
+            hflip,
+            upscale,
+            prompt_template,
+            transform,
+            min_size,
+            max_aspect,
+        )
         root = Path(root) if root is not None else csv_path.parent
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = list(reader.fieldnames or [])
-            for role, col in (
-                ("image_column", image_column),
-                ("label_column", label_column),
-                ("caption_column", caption_column),
-                ("patient_column", patient_column),
-            ):
-                if col is not None and col not in columns:
-                    raise MedImageError(
-                        f"{csv_path}: column {col!r} ({role}) not found; available columns: {', '.join(columns)}"
-                    )
-            rows = list(reader)
+        columns, rows = read_csv_rows(csv_path)
+        roles = dict(
+            image_column=image_column,
+            label_column=label_column,
+            caption_column=caption_column,
+            patient_column=patient_column,
+        )
+        check_columns(str(csv_path), columns, roles)
         if not rows:
             raise MedImageError(f"{csv_path}: no rows; expected one row per image")
         records = []
-        for n, row in enumerate(rows, start=2):
+        for n, row in rows:
             name = (row.get(image_column) or "").strip()
             if not name:
                 raise MedImageError(f"{csv_path}: line {n}: empty {image_column!r}; expected an image path")
-            p = Path(name)
             records.append(
                 {
-                    "path": str(p if p.is_absolute() else root / p),
+                    "path": confined_path(csv_path, n, root, name, allow_outside_root),
                     "label": row.get(label_column) if label_column else None,
                     "caption": row.get(caption_column) if caption_column else None,
                     "patient_id": row.get(patient_column) if patient_column else None,
-                    "fields": dict(row),
+                    "fields": {k: v for k, v in row.items() if k is not None},
                 }
             )
-        self._init_records(records, skip_bad_images, progress)
+        self._init_records(_expand(records, progress, self.name), skip_bad_images, progress)

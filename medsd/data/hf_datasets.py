@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,16 +12,25 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, IterableDataset
 
-from .datasets import SPLITS, _hash_part, _ImageItems, _progress, _warn_skipped, patient_split  # noqa: F401
-from .errors import MedImageError
+from .datasets import (  # noqa: F401
+    MAX_ASPECT_RATIO,
+    SPLITS,
+    _hash_part,
+    _ImageItems,
+    _progress,
+    _RecordDataset,
+    _warn_skipped,
+    patient_split,
+)
+from .errors import MedImageError, one_line
 from .intensity import IntensityMapping
-from .io import pil_to_array, read_image, rgb_to_gray
+from .io import MedImage, check_finite, pil_to_array, read_image, rgb_to_gray
 from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
 from .transforms import ImageTransform
 
 
-def _image_to_array(value: Any, where: str) -> np.ndarray:
-    """A ``datasets`` image value (PIL image, {"bytes"/"path"} dict, array) -> float32 HxW native array."""
+def _image_to_medimage(value: Any, where: str) -> MedImage:
+    """A ``datasets`` image value (PIL image, {"bytes"/"path"} dict, array) -> ``MedImage`` in native units."""
     from PIL import Image
 
     try:
@@ -30,21 +40,55 @@ def _image_to_array(value: Any, where: str) -> np.ndarray:
 
                 value = Image.open(_io.BytesIO(value["bytes"]))
             elif value.get("path"):
-                return read_image(value["path"]).array
+                return read_image(value["path"])
+            else:
+                raise MedImageError(f"{where}: image value has neither bytes nor a path; expected an image")
         if isinstance(value, Image.Image):
             value.load()
-            return pil_to_array(value)[0]
-        a = np.asarray(value, dtype=np.float32)
+            a, depth = pil_to_array(value)
+            meta = {
+                "path": where,
+                "format": value.format,
+                "bit_depth": depth,
+                "modality": None,
+                "window": None,
+            }
+            return MedImage(a, meta)
+        raw = np.asarray(value)
+        depth = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(raw.dtype, 32)
+        a = raw.astype(np.float32)
     except MedImageError:
         raise
+    except Image.DecompressionBombError as e:
+        raise MedImageError(f"{where}: refused as a possible decompression bomb ({one_line(e)})") from None
     except Exception as e:
-        raise MedImageError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise MedImageError(
+            f"{where}: cannot decode image ({type(e).__name__}: {one_line(e)}); expected an image"
+        ) from None
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         a = rgb_to_gray(a)
     a = np.squeeze(a)
     if a.ndim != 2:
         raise MedImageError(f"{where}: expected a 2-D image, got shape {a.shape}")
-    return a
+    check_finite(a, where)
+    return MedImage(
+        a, {"path": where, "format": "array", "bit_depth": depth, "modality": None, "window": None}
+    )
+
+
+def _image_to_array(value: Any, where: str) -> np.ndarray:
+    """A ``datasets`` image value -> float32 HxW native array."""
+    return _image_to_medimage(value, where).array
+
+
+def _undecoded(hf: Any, column: str) -> Any:
+    """``hf`` with ``column`` left as {"bytes", "path"} when it is an ``Image`` feature: medsd decodes it,
+    so that a bad image gives one line naming it (and can be skipped) instead of breaking the iteration."""
+    datasets = _require_datasets()
+    feature = (hf.features or {}).get(column) if getattr(hf, "features", None) else None
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return hf.cast_column(column, datasets.Image(decode=False))
+    return hf
 
 
 def _load_hf(name_or_path: str | Path, split: str, data_dir: str | None, streaming: bool, **kwargs: Any):
@@ -110,9 +154,22 @@ class HFImageDataset(_ImageItems, Dataset):
         transform: ImageTransform | None = None,
         progress: bool = True,
         load_kwargs: dict | None = None,
+        min_size: int | None = None,
+        max_aspect: float | None = MAX_ASPECT_RATIO,
     ) -> None:
         self.name = f"{name_or_path}[{split}]"
-        self._setup(resolution, mapping, crop, affine, hflip, upscale, prompt_template, transform)
+        self._setup(
+            resolution,
+            mapping,
+            crop,
+            affine,
+            hflip,
+            upscale,
+            prompt_template,
+            transform,
+            min_size,
+            max_aspect,
+        )
         self.hf = _load_hf(name_or_path, split, data_dir, streaming, **(load_kwargs or {}))
         self.image_column, self.label_column = image_column, label_column
         self.caption_column, self.patient_column = caption_column, patient_column
@@ -128,6 +185,7 @@ class HFImageDataset(_ImageItems, Dataset):
                 raise MedImageError(
                     f"{self.name}: column {col!r} ({role}) not found; available columns: {', '.join(columns)}"
                 )
+        self.hf = _undecoded(self.hf, image_column)
         label_feature = features.get(label_column) if label_column and features else None
         self._int2str = getattr(label_feature, "int2str", None)
         if not streaming:
@@ -147,7 +205,7 @@ class HFImageDataset(_ImageItems, Dataset):
 
     def _example_item(self, ex: dict, idx: int) -> dict:
         path = self._path(ex, idx)
-        arr = _image_to_array(ex[self.image_column], path)
+        arr = _image_to_medimage(ex[self.image_column], path).array
         label = self._label(ex.get(self.label_column)) if self.label_column else None
         fields = {k: v for k, v in ex.items() if k != self.image_column and isinstance(v, str | int | float)}
         if label is not None:
@@ -177,10 +235,25 @@ class HFImageDataset(_ImageItems, Dataset):
     def patient_ids(self) -> list:
         return [None if _missing(v) else str(v) for v in self._column(self.patient_column)]
 
-    def read_native(self, i: int) -> np.ndarray:
+    def read_sample(self, i: int) -> MedImage:
+        """Item ``i`` as a checked ``MedImage`` in native units (before mapping and transforms)."""
         idx = self.indices[i]
         ex = self.hf[idx]
-        return _image_to_array(ex[self.image_column], self._path(ex, idx))
+        path = self._path(ex, idx)
+        img = _image_to_medimage(ex[self.image_column], path)
+        self._validate(img.array, path)
+        return img
+
+    def read_native(self, i: int) -> np.ndarray:
+        return self.read_sample(i).array
+
+    samples = _RecordDataset.samples
+
+    def _auto_samples(self, n: int) -> list[tuple[np.ndarray, dict]]:
+        if isinstance(self, IterableDataset):
+            return [(img.array, img.meta) for img in self.iter_samples(n, strict=False)]
+        m = len(self.indices)
+        return self.samples(sorted({int(round(v)) for v in np.linspace(0, m - 1, min(n, m))}), strict=False)
 
     def select(self, indices: Sequence[int]):
         out = copy.copy(self)
@@ -194,13 +267,14 @@ class HFImageDataset(_ImageItems, Dataset):
         for idx in _progress(
             self.indices, len(self.indices), f"checking {self.name}", progress and len(self) > 200
         ):
+            path = f"hf://{self.name}/{idx}"
             try:
                 ex = self.hf[idx]
                 path = self._path(ex, idx)
-                self._check_native(_image_to_array(ex[self.image_column], path), path)
+                self._validate(_image_to_medimage(ex[self.image_column], path).array, path)
                 good.append(idx)
             except MedImageError as e:
-                skipped.append((f"hf://{self.name}/{idx}", str(e)))
+                skipped.append((path, str(e)))
         self.indices, self.skipped = good, self.skipped + skipped
         _warn_skipped(self.name, skipped, len(good) + len(skipped))
         if not good:
@@ -239,7 +313,17 @@ class HFStreamingImageDataset(HFImageDataset, IterableDataset):
         return self
 
     def _examples(self) -> Iterator[tuple[int, dict]]:
-        for idx, ex in enumerate(self.hf):
+        it = iter(self.hf)
+        for idx in itertools.count():
+            try:
+                ex = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001 - a broken shard or file: one line naming the source
+                raise MedImageError(
+                    f"{self.name}: cannot read example {idx} ({type(e).__name__}: {one_line(e)}); "
+                    "expected a readable dataset"
+                ) from e
             if self.part is not None:
                 pid = ex.get(self.patient_column) if self.patient_column else None
                 key = f"item:{self._path(ex, idx)}" if _missing(pid) else f"patient:{pid}"
@@ -247,21 +331,44 @@ class HFStreamingImageDataset(HFImageDataset, IterableDataset):
                     continue
             yield idx, ex
 
-    def iter_native(self, n: int) -> Iterator[np.ndarray]:
-        """The first ``n`` images of the (split-restricted) stream in native units."""
-        for k, (idx, ex) in enumerate(self._examples()):
+    def iter_samples(self, n: int, strict: bool | None = None) -> Iterator[MedImage]:
+        """The first ``n`` good images of the (split-restricted) stream as checked ``MedImage``; bad ones
+        raise, or are skipped when ``strict`` is False (default: not ``skip_bad_images``)."""
+        strict = not self.skip_bad_images if strict is None else strict
+        k = 0
+        for idx, ex in self._examples():
             if k >= n:
                 return
-            yield _image_to_array(ex[self.image_column], self._path(ex, idx))
+            path = self._path(ex, idx)
+            try:
+                img = _image_to_medimage(ex[self.image_column], path)
+                self._validate(img.array, path)
+            except MedImageError:
+                if strict:
+                    raise
+                continue
+            k += 1
+            yield img
+
+    def iter_native(self, n: int) -> Iterator[np.ndarray]:
+        """The first ``n`` images of the (split-restricted) stream in native units."""
+        for img in self.iter_samples(n):
+            yield img.array
 
     def __iter__(self) -> Iterator[dict]:
+        skipped: list[tuple[str, str]] = []
+        seen = 0
         for k, (idx, ex) in enumerate(self._examples()):
             if self.max_samples is not None and k >= self.max_samples:
-                return
+                break
+            seen += 1
             try:
                 yield self._example_item(ex, idx)
             except MedImageError as e:
                 if not self.skip_bad_images:
                     raise
-                self.skipped.append((f"hf://{self.name}/{idx}", str(e)))
-                warnings.warn(f"{self.name}: skipped bad example {idx}: {e}", stacklevel=2)
+                skipped.append((self._path(ex, idx), str(e)))
+                self.skipped.append(skipped[-1])
+                if len(skipped) <= 5:
+                    warnings.warn(f"{self.name}: skipped bad image: {e}", stacklevel=2)
+        _warn_skipped(self.name, skipped, seen)

@@ -28,6 +28,17 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def _finite_values(x: Any, where: str) -> np.ndarray:
+    """The finite values of ``x`` (flattened); fitting never sees NaN or infinity."""
+    a = _to_numpy(x).ravel()
+    finite = np.isfinite(a)
+    if not finite.all():
+        a = a[finite]
+    if a.size == 0:
+        raise MedImageError(f"{where}: no finite values to fit; expected images with finite pixels")
+    return a
+
+
 class IntensityMapping:
     """Base class: a linear map of ``[low, high]`` (native units) onto [-1, 1]."""
 
@@ -36,6 +47,9 @@ class IntensityMapping:
     def __init__(self, low: float | None = None, high: float | None = None) -> None:
         self.low = None if low is None else float(low)
         self.high = None if high is None else float(high)
+        for name, v in (("low", self.low), ("high", self.high)):
+            if v is not None and not np.isfinite(v):
+                raise MedImageError(f"{type(self).__name__}: expected a finite {name}, got {v}")
         if self.low is not None and self.high is not None and not self.high > self.low:
             raise MedImageError(f"{type(self).__name__}: expected high > low, got low={low}, high={high}")
 
@@ -127,8 +141,8 @@ class MinMaxMapping(IntensityMapping):
         super().__init__(low, high)
 
     def fit(self, x: Any) -> MinMaxMapping:
-        a = _to_numpy(x)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        a = _finite_values(x, "MinMaxMapping.fit")
+        lo, hi = float(a.min()), float(a.max())
         if not hi > lo:
             raise MedImageError(f"MinMaxMapping.fit: data is constant ({lo}); expected a range of values")
         self.low, self.high = lo, hi
@@ -151,8 +165,8 @@ class PercentileMapping(IntensityMapping):
         super().__init__(low, high)
 
     def fit(self, x: Any) -> PercentileMapping:
-        a = _to_numpy(x).ravel()
-        lo, hi = (float(v) for v in np.nanpercentile(a, [self.lower, self.upper]))
+        a = _finite_values(x, "PercentileMapping.fit")
+        lo, hi = (float(v) for v in np.percentile(a, [self.lower, self.upper]))
         if not hi > lo:
             raise MedImageError(
                 f"PercentileMapping.fit: percentiles {self.lower}/{self.upper} are equal ({lo}); "
@@ -188,3 +202,84 @@ def mapping_from_dict(d: dict) -> IntensityMapping:
         return _TYPES[d["type"]](**params)
     except TypeError as e:
         raise MedImageError(f"intensity mapping {d['type']!r}: bad parameters {params} ({e})") from None
+
+
+CT_WINDOW = (-1000.0, 1000.0)
+"""Default HU window of CT DICOM: air (-1000) to dense bone (+1000), the same for every CT source."""
+_CHOICES = (
+    "set the intensity mapping yourself: --intensity window with --window_low/--window_high, "
+    "--intensity minmax or --intensity percentile"
+)
+
+
+def _sample_kind(array: np.ndarray, meta: dict) -> str:
+    fmt, depth = meta.get("format"), meta.get("bit_depth")
+    if fmt == "DICOM":
+        return "CT DICOM (HU)" if str(meta.get("modality") or "").upper() == "CT" else "DICOM"
+    if fmt == "NIFTI":
+        return "NIfTI"
+    if depth == 8:
+        return "8-bit"
+    if depth == 16:
+        return "16-bit"
+    a = np.asarray(array)
+    finite = a[np.isfinite(a)] if a.dtype.kind == "f" else a
+    if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+        return "float in [0, 1]"
+    if finite.size and np.array_equal(finite, np.round(finite)):
+        return "32-bit integer"
+    return "float"
+
+
+def default_mapping(samples: list[tuple[np.ndarray, dict]], where: str) -> tuple[IntensityMapping, str]:
+    """The intensity mapping chosen from the data when none is set, fitted on ``samples`` ((array, meta)
+    pairs as ``read_image`` gives), and a short description of the choice.
+
+    8-bit images: window 0..255. 16-bit and 32-bit integer images: the range of the samples (``minmax``).
+    CT DICOM: the HU window ``CT_WINDOW``. Other DICOM (MR, DX, ...): the span of the stored windows
+    (WindowCenter/WindowWidth) when every sample has one, else the 0.5/99.5 percentiles. NIfTI: the
+    percentiles. Floats in [0, 1]: window 0..1. Other floats, or samples of different kinds (e.g. 8- and
+    16-bit files together), raise ``MedImageError`` naming an example file and the ``--intensity`` choices.
+    """
+    try:
+        return _default_mapping(samples, where)
+    except MedImageError as e:
+        msg = str(e)
+        raise MedImageError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
+def _default_mapping(samples: list[tuple[np.ndarray, dict]], where: str) -> tuple[IntensityMapping, str]:
+    if not samples:
+        raise MedImageError(f"{where}: no images to choose the intensity mapping from")
+    kinds: dict[str, list[tuple[np.ndarray, dict]]] = {}
+    for a, meta in samples:
+        kinds.setdefault(_sample_kind(a, meta), []).append((a, meta))
+    if len(kinds) > 1:
+        examples = "; ".join(f"{k}: {v[0][1].get('path')}" for k, v in kinds.items())
+        raise MedImageError(
+            f"{where}: images of different kinds ({examples}) have no common default intensity mapping; "
+            + _CHOICES
+        )
+    ((kind, items),) = kinds.items()
+    arrays = [a for a, _ in items]
+    if kind == "8-bit":
+        return WindowMapping(0.0, 255.0), "8-bit images: window 0..255"
+    if kind == "float in [0, 1]":
+        return WindowMapping(0.0, 1.0), "floating-point images in [0, 1]: window 0..1"
+    if kind == "CT DICOM (HU)":
+        return WindowMapping(*CT_WINDOW), f"CT DICOM: HU window {CT_WINDOW[0]:g}..{CT_WINDOW[1]:g}"
+    if kind in ("16-bit", "32-bit integer"):
+        return MinMaxMapping().fit(arrays), f"{kind} images: their range (minmax)"
+    windows = [m.get("window") for _, m in items]
+    if kind == "DICOM" and all(w is not None for w in windows):
+        low = min(c - w / 2.0 for c, w in windows)
+        high = max(c + w / 2.0 for c, w in windows)
+        return WindowMapping(low, high), "DICOM: the stored window (WindowCenter/WindowWidth)"
+    if kind in ("DICOM", "NIfTI"):
+        return PercentileMapping().fit(arrays), f"{kind} images: percentiles 0.5..99.5"
+    lo = min(float(np.nanmin(a)) for a in arrays)
+    hi = max(float(np.nanmax(a)) for a in arrays)
+    raise MedImageError(
+        f"{where}: floating-point pixel values {lo:g}..{hi:g} (e.g. {items[0][1].get('path')}) are not in "
+        f"[0, 1], so no default intensity mapping applies; " + _CHOICES
+    )

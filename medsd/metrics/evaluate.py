@@ -33,6 +33,11 @@ class EvalConfig:
     train_label: str | None = None
     label_column: str = "label"
     filename_column: str = "filename"
+    patient_column: str = "patient_id"
+    intensity: str | None = None
+    """Intensity mapping of every set, as in training (window, minmax, percentile); None: training's default."""
+    window: tuple[float, float] | None = None
+    """(low, high) of the window mapping in native units; None: 0..255."""
     k: int = 3
     kid_subsets: int = 100
     kid_subset_size: int = 1000
@@ -85,6 +90,7 @@ def _set_summary(s: ImageSet) -> dict:
         "n_images": len(s),
         "labels": labels,
         "n_patients": len(set(pids)) if pids else None,
+        "intensity_mapping": s.intensity,
     }
 
 
@@ -193,6 +199,9 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
         size=cfg.size,
         label_column=cfg.label_column,
         filename_column=cfg.filename_column,
+        patient_column=cfg.patient_column,
+        intensity=cfg.intensity,
+        window=cfg.window,
         max_images=cfg.max_images,
         seed=cfg.seed,
         progress=cfg.progress,
@@ -213,8 +222,9 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
                 for k, v in asdict(cfg).items()
             }
         ),
-        "preprocessing": "grayscale; integer images / dtype max (8-bit: /255), float images min-max; centre crop to "
-        f"square; bilinear antialiased resize to {cfg.size}x{cfg.size}; intensities in [0, 1]",
+        "preprocessing": "read as training reads (medsd.data.build_dataset): grayscale; each set's intensity "
+        f"mapping (sets.*.intensity_mapping) to [0, 1]; short side resized (bilinear, antialiased) to {cfg.size} "
+        "and centre-cropped square",
         "subsampling": "none"
         if cfg.max_images is None
         else f"at most {cfg.max_images} per set, seeded (seed {cfg.seed}), label-proportional and spread over "

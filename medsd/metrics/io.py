@@ -1,41 +1,27 @@
-"""Loading image sets for evaluation.
+"""Loading image sets for evaluation, through the data layer that training reads with.
 
 ``load_image_set(spec, size)`` turns a *source* into an :class:`ImageSet`: float32 images ``[N, size, size]`` in
-``[0, 1]`` plus paths, labels and patient ids. A source is one of
+``[0, 1]`` plus paths, labels and patient ids. A source is anything ``medsd.data.parse_source`` reads (a folder,
+a metadata CSV, ``hf:ID[:SPLIT]``, a ``save_to_disk`` folder, ``phantom`` / ``phantom-ct``); a folder with a
+``metadata.csv`` that has the image column is read through that CSV.
 
-- a folder of images (searched recursively; images in sub-folders get the sub-folder name as label); a folder
-  with a ``metadata.csv`` that has a ``filename`` column is read through that CSV,
-- a metadata CSV with a ``filename`` column (paths relative to the CSV's folder) and optional ``label`` and
-  ``patient_id`` columns,
-- a Hugging Face ``datasets`` dataset: ``hf:owner/name[:split]`` (hub id, needs the dataset in the local cache when
-  offline) or a folder written by ``Dataset.save_to_disk``.
-
-Preprocessing (the same for every extractor and metric, documented in docs/evaluation.md):
-
-1. decode with the data layer (``medsd.data.io.read_image``, the reader training uses) to grayscale (RGB with
-   ``medsd.data.io.rgb_to_gray``, ITU-R 601 luma);
-2. intensity to ``[0, 1]``: integer images are divided by their type's maximum (255 for 8-bit, 65535 for 16-bit), so
-   global brightness and contrast differences between sets are kept; float images (DICOM/NIfTI through
-   ``medsd.data.read_image``) are min-max scaled per image;
-3. resize the short side to ``size`` and centre crop (``medsd.data.transforms``: bilinear, antialiased, as in
-   training).
-
-PNG/JPEG/TIFF are scaled by their bit depth, DICOM by its stored window, anything else min-max.
+The set is built by ``medsd.data.build_dataset`` from a :class:`~medsd.data.DataConfig` (``split="all"``,
+``resolution=size``, centre crop), so every image is decoded, intensity-mapped, resized and cropped exactly as a
+training run with that config reads it; ``pixel_values`` in [-1, 1] become ``(x + 1) / 2`` in [0, 1]. The
+intensity mapping is the config's (``intensity`` / ``window`` as in training; the default is training's
+default). Pass ``data=`` a training run's ``DataConfig`` to evaluate with its exact settings.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .subsample import stratified_subsample
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 
 
 @dataclass
@@ -47,6 +33,8 @@ class ImageSet:
     labels: list[str | None] = field(default_factory=list)
     patient_ids: list[str | None] = field(default_factory=list)
     source: str = ""
+    intensity: dict | None = None
+    """The intensity mapping the images were read with (``IntensityMapping.to_dict()``), when from a source."""
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -59,6 +47,7 @@ class ImageSet:
             labels=[self.labels[i] for i in index] if self.labels else [],
             patient_ids=[self.patient_ids[i] for i in index] if self.patient_ids else [],
             source=self.source,
+            intensity=self.intensity,
         )
 
     def to_uint8(self) -> np.ndarray:
@@ -72,19 +61,19 @@ class ImageSet:
         return h.hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------- pixels
+# ----------------------------------------------------------------------------------------------- arrays
 
 
 def to_unit_range(array: np.ndarray) -> np.ndarray:
-    """Map a decoded 2-D array to float32 [0, 1] (integer: divide by dtype max; float: min-max)."""
+    """Map an in-memory 2-D array (e.g. a generated image) to float32 [0, 1]: integer types are divided by
+    their maximum, floats are min-max scaled; colour is reduced with ``medsd.data.io.rgb_to_gray``."""
     from medsd.data.io import rgb_to_gray
 
     a = np.asarray(array)
     if a.ndim == 3:  # HxWxC -> grey
         a = rgb_to_gray(a) if a.shape[-1] >= 3 else a[..., 0]
     if np.issubdtype(np.asarray(array).dtype, np.integer):
-        info = np.iinfo(np.asarray(array).dtype)
-        out = a.astype(np.float32) / float(info.max)
+        out = a.astype(np.float32) / float(np.iinfo(np.asarray(array).dtype).max)
     elif np.asarray(array).dtype == bool:
         out = a.astype(np.float32)
     else:
@@ -95,52 +84,22 @@ def to_unit_range(array: np.ndarray) -> np.ndarray:
 
 
 def square_resize(image01: np.ndarray, size: int) -> np.ndarray:
-    """Resize the short side to ``size`` and centre crop a square, as training's transforms do."""
-    import torch
+    """Resize the short side to ``size`` and centre crop a square with training's ``ImageTransform``."""
+    from medsd.data.transforms import ImageTransform
 
-    from medsd.data.transforms import center_crop, resize_short_side
-
-    x = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))[None]
-    if min(x.shape[-2:]) != size:
-        x = resize_short_side(x, size)
-    return center_crop(x, size)[0].numpy().clip(0, 1).astype(np.float32)
+    x = ImageTransform(size)(np.ascontiguousarray(image01, dtype=np.float32))
+    return x[0].numpy().clip(0, 1).astype(np.float32)
 
 
 def preprocess(array: np.ndarray, size: int) -> np.ndarray:
+    """An in-memory image to ``[size, size]`` float32 in [0, 1] (:func:`to_unit_range`, :func:`square_resize`)."""
     return square_resize(to_unit_range(array), size)
-
-
-def _read_pixels(path: str) -> np.ndarray:
-    """Decode one file with the data layer and map it to float32 [0, 1] by its metadata.
-
-    PNG/JPEG/TIFF: divide by 2**bit_depth - 1; DICOM with a stored window: that window; otherwise min-max.
-    """
-    from medsd.data.io import read_image
-
-    img = read_image(path)
-    a = np.asarray(img.array, dtype=np.float32)
-    meta = img.meta or {}
-    depth = meta.get("bit_depth")
-    if meta.get("format") != "DICOM" and depth in (8, 16):
-        return np.clip(a / float(2**depth - 1), 0, 1)
-    if meta.get("window"):
-        c, w = meta["window"]
-        return np.clip((a - (c - w / 2.0)) / max(w, 1e-6), 0, 1).astype(np.float32)
-    return to_unit_range(a)
-
-
-def read_preprocessed(path: str, size: int) -> np.ndarray:
-    return square_resize(_read_pixels(path), size)
 
 
 # ----------------------------------------------------------------------------------------------- sources
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _parse_labels(label) -> set[str] | None:
+def _label_set(label) -> set[str] | None:
     if label is None or label == "":
         return None
     if isinstance(label, (list, tuple, set)):
@@ -148,93 +107,46 @@ def _parse_labels(label) -> set[str] | None:
     return {x.strip() for x in str(label).split(",") if x.strip()}
 
 
-def _list_folder(root: Path) -> list[tuple[str, str | None, str | None]]:
-    rows = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            if _is_image(fn):
-                p = Path(dirpath) / fn
-                rel = p.relative_to(root)
-                label = rel.parts[0] if len(rel.parts) > 1 else None
-                rows.append((str(p), label, None))
-    return rows
+def eval_data_config(
+    source: str | os.PathLike,
+    size: int = 128,
+    *,
+    image_column: str = "filename",
+    label_column: str | None = "label",
+    patient_column: str | None = "patient_id",
+    intensity: str | None = None,
+    window: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> Any:
+    """The ``DataConfig`` evaluation reads ``source`` with: every image (``split="all"``) at ``size`` px,
+    centre-cropped, intensity as training maps it. The label, patient and image columns are used when the
+    source has them (a CSV's ``image_column``; a ``datasets`` source's first ``Image`` column)."""
+    from medsd.data.build import source_columns, source_config
 
-
-def _list_csv(
-    csv_path: Path, label_column: str, filename_column: str
-) -> list[tuple[str, str | None, str | None]]:
-    rows = []
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        if filename_column not in (reader.fieldnames or []):
-            raise ValueError(f"{csv_path}: no '{filename_column}' column (columns: {reader.fieldnames})")
-        for r in reader:
-            p = Path(r[filename_column])
-            if not p.is_absolute():
-                p = csv_path.parent / p
-            rows.append((str(p), r.get(label_column), r.get("patient_id") or None))
-    return rows
-
-
-def _load_hf(spec: str, size: int, labels: set[str] | None, label_column: str, max_images, seed) -> ImageSet:
-    try:
-        import datasets
-    except ImportError as e:
-        raise RuntimeError("Hugging Face sources need the 'datasets' package (pip install datasets)") from e
-    if spec.startswith("hf:"):
-        name = spec[3:]
-        split = "train"
-        if ":" in name:
-            name, split = name.rsplit(":", 1)
-        try:
-            ds = datasets.load_dataset(name, split=split)
-        except Exception as e:
-            raise RuntimeError(
-                f"could not load Hugging Face dataset '{name}' split '{split}' ({type(e).__name__}: {e}); offline it "
-                "must already be in the local datasets cache (or pass a folder written by save_to_disk)"
-            ) from e
-    else:
-        ds = datasets.load_from_disk(spec)
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else ds[list(ds.keys())[0]]
-    image_col = next(
-        (k for k, v in ds.features.items() if isinstance(v, datasets.Image)),
-        "image" if "image" in ds.column_names else None,
+    cfg = source_config(
+        str(source), metadata_csv=image_column, hub_ids=False, resolution=size, split="all", seed=seed
     )
-    if image_col is None:
-        raise ValueError(f"{spec}: no image column (columns: {ds.column_names})")
-    lab_names = None
-    all_labels: list[str | None] = [None] * len(ds)
-    if label_column in ds.column_names:
-        feat = ds.features[label_column]
-        lab_names = getattr(feat, "names", None)
-        raw = ds[label_column]
-        all_labels = [lab_names[x] if lab_names is not None else str(x) for x in raw]
-    index = [i for i, lab in enumerate(all_labels) if labels is None or lab in labels]
-    index = _subsample(index, max_images, seed)
-    images, paths, out_labels, pids = [], [], [], []
-    for i in index:
-        row = ds[int(i)]
-        images.append(preprocess(np.asarray(row[image_col]), size))
-        paths.append(f"{spec}#{i}")
-        out_labels.append(all_labels[i])
-        pids.append(str(row["patient_id"]) if "patient_id" in row else None)
-    return ImageSet(_stack(images, size), paths, out_labels, pids, source=spec)
+    if intensity is not None:
+        cfg.intensity = intensity
+    if window is not None:
+        cfg.window = (float(window[0]), float(window[1]))
+    columns, image_columns = source_columns(cfg)
+    if cfg.source == "csv":
+        cfg.image_column = image_column
+    elif image_columns:
+        cfg.image_column = image_columns[0]
+    cfg.label_column = label_column if label_column in columns else None
+    cfg.patient_column = patient_column if patient_column in columns else None
+    return cfg
 
 
-def _subsample(index: list, max_images: int | None, seed: int) -> list:
-    if max_images is not None and 0 < max_images < len(index):
-        rng = np.random.default_rng(seed)
-        pick = np.sort(rng.choice(len(index), size=max_images, replace=False))
-        return [index[i] for i in pick]
-    return list(index)
+def _decode(dataset: Any, progress: bool, name: str) -> list[dict]:
+    indices: Any = range(len(dataset))
+    if progress:
+        from tqdm.auto import tqdm
 
-
-def _stack(images: list[np.ndarray], size: int) -> np.ndarray:
-    if not images:
-        return np.zeros((0, size, size), dtype=np.float32)
-    return np.stack(images).astype(np.float32)
+        indices = tqdm(indices, desc=f"load {name}", unit="img")
+    return [dataset[i] for i in indices]
 
 
 def load_image_set(
@@ -246,64 +158,65 @@ def load_image_set(
     max_images: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    *,
+    patient_column: str | None = "patient_id",
+    intensity: str | None = None,
+    window: tuple[float, float] | None = None,
+    data: Any = None,
 ) -> ImageSet:
-    """Load and preprocess a set of images (see module docstring for sources and preprocessing).
+    """Load a set of images through ``medsd.data`` (see the module docstring for sources and preprocessing).
 
     ``label`` keeps only images whose label is in it (a comma-separated string or a list). ``max_images``
     subsamples with :func:`~medsd.metrics.subsample.stratified_subsample` (seeded; label shares kept,
-    each label spread over patients), keeping file order.
+    each label spread over patients), keeping source order; only the chosen images are decoded (a fitted
+    intensity mapping also reads the images it is fitted on). ``data``: a ``DataConfig`` to read with
+    instead of :func:`eval_data_config` (e.g. a training run's, with its split and intensity).
     """
+    from medsd.data.build import build_dataset
+
     if isinstance(spec, ImageSet):
         return spec
     if isinstance(spec, np.ndarray):
         arr = spec if spec.ndim == 3 else spec[:, 0]
         return ImageSet(np.stack([preprocess(a, size) for a in arr]), [], [], [], source="<array>")
-    labels = _parse_labels(label)
     s = str(spec)
-    p = Path(s)
-    is_saved_dataset = p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists())
-    if s.startswith("hf:") or is_saved_dataset:
-        return _load_hf(s, size, labels, label_column, max_images, seed)
-    if p.is_dir():
-        csv_in_dir = p / "metadata.csv"
-        rows = None
-        if csv_in_dir.exists():  # a folder with its metadata.csv: use it (labels, patient ids)
-            try:
-                rows = _list_csv(csv_in_dir, label_column, filename_column)
-            except ValueError:
-                rows = None
-        if rows is None:
-            rows = _list_folder(p)
-    elif p.is_file() and p.suffix.lower() == ".csv":
-        rows = _list_csv(p, label_column, filename_column)
-    elif p.is_file() and _is_image(p.name):
-        rows = [(str(p), None, None)]
-    else:
-        raise FileNotFoundError(
-            f"image source not found: {s} (expected a folder, a .csv, or hf:<dataset id>)"
+    cfg = (
+        data
+        if data is not None
+        else eval_data_config(
+            s,
+            size,
+            image_column=filename_column,
+            label_column=label_column,
+            patient_column=patient_column,
+            intensity=intensity,
+            window=window,
+            seed=seed,
         )
-    if labels is not None:
-        rows = [r for r in rows if r[1] in labels]
-    rows = [
-        rows[i]
-        for i in stratified_subsample(
-            len(rows), max_images, labels=[r[1] for r in rows], patient_ids=[r[2] for r in rows], seed=seed
-        )
-    ]
-    if not rows:
-        raise ValueError(f"no images found in {s}" + (f" with label in {sorted(labels)}" if labels else ""))
-    iterator = rows
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(rows, desc=f"load {Path(s).name}", unit="img")
-    images = [read_preprocessed(r[0], size) for r in iterator]
+    )
+    dataset, mapping = build_dataset(cfg)
+    labels = [None if v is None else str(v) for v in dataset.labels]
+    patient_ids = list(dataset.patient_ids)
+    wanted = _label_set(label)
+    keep = [i for i, lab in enumerate(labels) if wanted is None or lab in wanted]
+    chosen = stratified_subsample(
+        len(keep),
+        max_images,
+        labels=[labels[i] for i in keep],
+        patient_ids=[patient_ids[i] for i in keep],
+        seed=seed,
+    )
+    if not chosen:
+        raise ValueError(f"no images found in {s}" + (f" with label in {sorted(wanted)}" if wanted else ""))
+    items = _decode(dataset.select([keep[i] for i in chosen]), progress, os.path.basename(s.rstrip("/")))
+    x = np.stack([it["pixel_values"][0].numpy() for it in items]).astype(np.float32)
     return ImageSet(
-        _stack(images, size),
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
+        np.clip((x + 1.0) / 2.0, 0.0, 1.0),
+        [str(it["path"]) for it in items],
+        [it["label"] for it in items],
+        [it["patient_id"] for it in items],
         source=s,
+        intensity=mapping.to_dict(),
     )
 
 

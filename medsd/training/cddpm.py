@@ -42,17 +42,11 @@ class CDDPMTrainConfig(UNetDiffusionArgs, DataArgs, TrainConfig):
     """Inpainting: a mask image (white = missing) for mask_kind file."""
     box_frac: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5])
     """Inpainting: box side as a fraction of the image side."""
-    model: str = "light-tiny"
-    """U-Net preset (in_channels is set to 1 + condition channels): light-tiny, light-ct, diffusers-small, ..."""
     num_train_timesteps: int = 2000
-    prediction_type: str = "epsilon"
-    """What the U-Net predicts: epsilon (the paper), v_prediction or sample (x0)."""
     validation_sampler: str = "ddpm"
     """Sampler of the validation grid: ddpm (ancestral, robust also with fewer steps than T), ddim or dpm."""
     validation_inference_steps: int = 100
     num_validation_images: int = 4
-    learning_rate: float = 1e-4
-    train_batch_size: int = 16
     output_dir: str = "outputs/cddpm"
 
 
@@ -82,6 +76,8 @@ def _batch_of(dataset: Any, indices: list[int], device: torch.device) -> torch.T
 class CDDPMTask(UNetDiffusionTask):
     """Noise prediction conditioned on a degraded copy of the image: ``MSE(eps, unet([x_t, y], t))``."""
 
+    family = "cddpm"
+
     def __init__(self, config: CDDPMTrainConfig, dataset: Any = None, mapping: Any = None):
         from medsd.pipelines.cddpm import paper_scheduler
 
@@ -93,13 +89,7 @@ class CDDPMTask(UNetDiffusionTask):
         self.unet = self.build_unet(
             config.model, in_channels=1 + self.degradation.cond_channels, out_channels=1
         )
-        self.noise_scheduler = paper_scheduler(
-            config.num_train_timesteps,
-            beta_schedule=config.beta_schedule,
-            beta_start=config.beta_start,
-            beta_end=config.beta_end,
-            prediction_type=config.prediction_type,
-        )
+        self.noise_scheduler = paper_scheduler(**self.schedule())
         self._val_batch: tuple[torch.Tensor, Any] | None = None
 
     def setup(self, accelerator: Any) -> None:
@@ -124,25 +114,18 @@ class CDDPMTask(UNetDiffusionTask):
     def metadata(self) -> dict[str, Any]:
         d = self.degradation
         return {
-            "family": "cddpm",
+            **super().metadata(),
             "task": d.task,
             "factor": d.factor if d.task == "sr" else None,
             "cond_channels": d.cond_channels,
             "degradation": d.to_dict(),
-            "train_data": self.config.train_data,
             "data_seed": self.config.seed,
-            "resolution": self.config.resolution,
-            "train_scheduler": dict(self.noise_scheduler.config),
         }
 
-    def pipeline(self, unet: nn.Module):
+    def make_pipeline(self, unet: nn.Module):
         from medsd.pipelines.cddpm import MedCDDPMPipeline
 
-        pipe = MedCDDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
-        pipe.intensity_mapping = self.mapping
-        pipe.medsd_metadata = self.metadata()
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return MedCDDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
 
     def validation_batch(self, device: torch.device) -> tuple[torch.Tensor, Any]:
         """The fixed validation images and their fixed, seeded degradation (the same at every validation)."""
@@ -182,22 +165,7 @@ class CDDPMTask(UNetDiffusionTask):
                 "out = pipe(image=degraded, num_samples=8, sampler='dpm')  # add mask= for inpainting\n"
                 "restored, mean, std = out.images, out.mean, out.std"
             ),
-            training={
-                k: getattr(cfg, k)
-                for k in (
-                    "task",
-                    "factor",
-                    "model",
-                    "train_data",
-                    "resolution",
-                    "num_train_timesteps",
-                    "max_train_steps",
-                    "train_batch_size",
-                    "learning_rate",
-                    "mixed_precision",
-                    "use_ema",
-                )
-            },
+            training=self.card_training("task", "factor", "model", "num_train_timesteps"),
             pipeline_tag="image-to-image",
         )
 

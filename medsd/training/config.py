@@ -68,6 +68,28 @@ class TrainConfig:
     progress_bar: bool = True
 
 
+def steps_for_epochs(epochs: int, n_images: int, config: TrainConfig) -> int:
+    """Optimizer steps of ``epochs`` passes over ``n_images`` (all processes, gradient accumulation), as
+    diffusers' example scripts count them: whole steps per epoch, times the epochs."""
+    import math
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    per_step = config.train_batch_size * world * config.gradient_accumulation_steps
+    return max(1, math.ceil(n_images / per_step)) * epochs
+
+
+def with_epochs(config: T, n_images: int, epochs: int | None, validation_epochs: int | None = None) -> T:
+    """``config`` with ``max_train_steps`` (and ``validation_steps``) counted from epochs over ``n_images``:
+    a copy (``dataclasses.replace``); the config given is never changed."""
+    changes: dict[str, int] = {}
+    if epochs:
+        changes["max_train_steps"] = steps_for_epochs(epochs, n_images, config)  # type: ignore[arg-type]
+    if validation_epochs:
+        changes["validation_steps"] = steps_for_epochs(validation_epochs, n_images, config)  # type: ignore[arg-type]
+    return dataclasses.replace(config, **changes) if changes else config  # type: ignore[type-var]
+
+
 def _field_type(cls: type, field: dataclasses.Field) -> Any:
     hints = typing.get_type_hints(cls)
     return hints[field.name]
@@ -136,6 +158,11 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
+def settable_fields(cls: Any) -> list[dataclasses.Field]:
+    """The fields a user sets (flags, YAML keys); ``init=False`` fields are derived from them."""
+    return [f for f in dataclasses.fields(cls) if f.init]
+
+
 def unknown_keys_error(source: str, unknown: list[str], known: Any) -> str:
     """``SOURCE: unknown field 'x' (did you mean 'y'?)``, or the known fields when nothing is close."""
     import difflib
@@ -154,7 +181,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config",
 
     An error names ``SOURCE: key`` (e.g. the YAML file), or ``--key`` for the keys in ``flags``.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in settable_fields(cls)}
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise MedsdConfigError(unknown_keys_error(source, unknown, fields))
@@ -198,7 +225,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (the record of what a run used)."""
     with open(path, "w") as f:
-        data = {k: v for k, v in dataclasses.asdict(config).items() if k not in SECRET_FIELDS}
+        names = {f.name for f in settable_fields(config)} - set(SECRET_FIELDS)
+        data = {k: v for k, v in dataclasses.asdict(config).items() if k in names}
         yaml.safe_dump(data, f, sort_keys=False)
 
 
@@ -208,7 +236,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         "--config", default=None, help="YAML file with field: value pairs (flags override it)"
     )
     docs = _field_docs(cls)
-    for f in dataclasses.fields(cls):
+    for f in settable_fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
@@ -235,7 +263,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     data: dict[str, Any] = {}
     if getattr(args, "config", None):
         data.update(load_yaml(args.config))
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in settable_fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
     data.update(flags)
     return config_from_dict(cls, data, source=getattr(args, "config", None) or "command line", flags=flags)

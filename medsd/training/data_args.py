@@ -5,82 +5,80 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from medsd.data.build import DataConfig, parse_source
+from medsd.errors import MedsdConfigError
+
+_ALIASES = {
+    "data_split": "split",
+    "affine_jitter": "affine",
+    "random_flip": "hflip",
+    "max_train_samples": "max_samples",
+}
+"""Earlier flag names (and diffusers' --random_flip) -> the ``DataConfig`` field they set."""
+
 
 @dataclasses.dataclass
-class DataArgs:
-    """Where training images come from and how they are prepared."""
+class DataArgs(DataConfig):
+    """Where training images come from and how they are prepared: every ``medsd.data.DataConfig`` field is a
+    flag of the same name (a new ``DataConfig`` field is a new flag); ``train_data`` is the source string."""
 
     train_data: str = "phantom"
     """'phantom' (generated chest radiographs), 'phantom-ct', a folder (labels from sub-folders), a
     metadata CSV, or a Hugging Face datasets id / local dataset folder ('hf:NAME')."""
-    image_column: str | None = None
-    """Image path column of a metadata CSV (default 'filename') or image column of a datasets dataset
-    (default 'image')."""
-    label_column: str | None = None
-    caption_column: str | None = None
-    patient_column: str | None = None
-    """Patient id column: splits never put one patient on both sides."""
     train_labels: str | None = None
     """Keep only images with these labels (comma-separated), e.g. 'Pneumonia' for a class-specific model."""
-    prompt_template: str | None = None
-    """e.g. 'a chest x-ray, {label}' (fields from the metadata)."""
-    data_split: str = "train"
-    """train, val, test or all (patient-level split of the source)."""
-    resolution: int = 64
-    crop: str = "center"
-    """center or random."""
-    affine_jitter: bool = False
-    random_flip: bool = False
-    """Off by default: a flip swaps left and right in a chest X-ray."""
-    intensity: str = "window"
-    """window (fixed 0..255 for 8-bit images; see window_low/high), minmax or percentile."""
-    window_low: float | None = None
-    window_high: float | None = None
-    max_train_samples: int | None = None
     phantom_count: int = 512
-    finding_probability: float = 0.5
-    skip_bad_images: bool = False
-    """Skip unreadable images (listed at the end) instead of stopping."""
-    streaming: bool = False
+    # what train_data names: set from it, not flags
+    source: str = dataclasses.field(default="phantom", init=False)
+    path: str | None = dataclasses.field(default=None, init=False)
+    data_dir: str | None = dataclasses.field(default=None, init=False)
+    phantom_kind: str = dataclasses.field(default="chest", init=False)
+    # aliases: each sets the field it names, then reads None
+    data_split: str | None = None
+    """Alias of split."""
+    affine_jitter: bool | None = None
+    """Alias of affine."""
+    random_flip: bool | None = None
+    """Alias of hflip (diffusers' flag)."""
+    max_train_samples: int | None = None
+    """Alias of max_samples."""
+    window_low: float | None = None
+    """With window_high: alias of window."""
+    window_high: float | None = None
     center_crop: bool | None = None
     """diffusers' flag: true = crop center, false = crop random (alias of crop)."""
 
     def __post_init__(self) -> None:
+        for alias, name in _ALIASES.items():
+            if getattr(self, alias) is not None:
+                setattr(self, name, getattr(self, alias))
+                setattr(self, alias, None)
+        if (self.window_low is None) != (self.window_high is None):
+            raise MedsdConfigError("--window_low / --window_high: give both (or --window LOW,HIGH)")
+        if self.window_low is not None:
+            self.window, self.window_low, self.window_high = (self.window_low, self.window_high), None, None
         if self.center_crop is not None:
-            self.crop = "center" if self.center_crop else "random"
+            self.crop, self.center_crop = ("center" if self.center_crop else "random"), None
+        spec = parse_source(self.train_data, streaming=self.streaming)
+        self.source, self.path, self.data_dir, self.phantom_kind = (
+            spec.kind,
+            spec.path,
+            spec.data_dir,
+            spec.phantom_kind,
+        )
+        if spec.hf_split is not None:
+            self.hf_split = spec.hf_split
+
+    def data_config(self, **changes: Any) -> DataConfig:
+        """The plain ``DataConfig`` of these settings (its fields, by name), with ``changes`` applied."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)}
+        return DataConfig(**{**values, **changes})
 
 
-def data_config(args: DataArgs, seed: int = 0, split: str | None = None) -> Any:
-    """The ``medsd.data.DataConfig`` these settings describe."""
-    from medsd.data import DataConfig, parse_source
-
-    spec = parse_source(args.train_data, streaming=args.streaming)
-    fields = {f.name for f in dataclasses.fields(DataConfig)}
-    values = dict(
-        source=spec.kind,
-        path=spec.path,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        caption_column=args.caption_column,
-        patient_column=args.patient_column,
-        prompt_template=args.prompt_template,
-        resolution=args.resolution,
-        crop=args.crop,
-        affine=args.affine_jitter,
-        hflip=args.random_flip,
-        intensity=args.intensity,
-        window=(args.window_low, args.window_high) if args.window_low is not None else None,
-        split=split or args.data_split,
-        seed=seed,
-        max_samples=args.max_train_samples,
-        skip_bad_images=args.skip_bad_images,
-        streaming=args.streaming,
-        data_dir=spec.data_dir,
-        phantom_kind=spec.phantom_kind,
-        phantom_count=args.phantom_count,
-        finding_probability=args.finding_probability,
-    )
-    return DataConfig(**{k: v for k, v in values.items() if k in fields and v is not None})
+def data_config(args: DataArgs, seed: int | None = None, split: str | None = None) -> DataConfig:
+    """``args.data_config()``, with the split seed and the split part replaced when given."""
+    changes: dict[str, Any] = {} if seed is None else {"seed": seed}
+    return args.data_config(**changes, **({"split": split} if split else {}))
 
 
 class DeviceAugmentedCache:
@@ -140,16 +138,15 @@ def build_training_data(args: Any, cache: bool | None = None) -> tuple[Any, Any]
 
     use_cache = getattr(args, "cache_images_on_device", False) if cache is None else cache
     use_cache = use_cache and not args.streaming and args.crop == "center"
-    cfg = data_config(args, seed=getattr(args, "seed", 0))
-    if use_cache:
-        cfg.affine, cfg.hflip = False, False  # augment per batch on the device, not once in the cache
+    # with the cache, jitter and flips run per batch on the device, not once in the cache
+    cfg = args.data_config(**({"affine": False, "hflip": False} if use_cache else {}))
     dataset, mapping = build_dataset(cfg)
     skipped = list(getattr(dataset, "skipped", []) or [])
     if args.train_labels:
         dataset = select_labels(dataset, args.train_labels)
     if use_cache:
         dataset = UInt8ImageCache.from_dataset(dataset)
-        if args.affine_jitter or args.random_flip:
-            dataset = DeviceAugmentedCache(dataset, args.affine_jitter, args.random_flip)
+        if args.affine or args.hflip:
+            dataset = DeviceAugmentedCache(dataset, args.affine, args.hflip)
     dataset.skipped = skipped  # (path, reason) of unreadable images, listed again when training ends
     return dataset, mapping

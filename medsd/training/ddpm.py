@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import TrainConfig, steps_for_epochs, with_epochs  # noqa: F401 - steps_for_epochs: public here before
 from .core import seeded_task, train
 from .data_args import DataArgs, build_training_data
 from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
@@ -19,18 +19,11 @@ from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
 class DDPMTrainConfig(UNetDiffusionArgs, DataArgs, TrainConfig):
     """Train an unconditional 1-channel DDPM on CT / X-ray images (defaults: chest phantoms, CPU-sized)."""
 
-    model: str = "light-tiny"
-    """U-Net preset: light-tiny, light-ct, xray-synth-256, diffusers-small, diffusers-unconditional."""
     time_embedding: str | None = None
     """Override the light U-Net's time-embedding injection: every_block, once or encoder."""
     skip_connections: bool | None = None
     """Override the light U-Net's skip connections (false = encoder-decoder baseline)."""
-    num_train_timesteps: int = 1000
-    prediction_type: str = "epsilon"
-    """epsilon, v_prediction or sample."""
-    validation_inference_steps: int = 25
     learning_rate: float = 2e-4
-    train_batch_size: int = 16
     output_dir: str = "outputs/ddpm"
     # diffusers' train_unconditional.py names (aliases of the fields above)
     train_data_dir: str | None = None
@@ -42,72 +35,49 @@ class DDPMTrainConfig(UNetDiffusionArgs, DataArgs, TrainConfig):
     ddpm_beta_schedule: str | None = None
     """Alias of beta_schedule."""
     num_epochs: int | None = None
-    """Train this many passes over the data (sets max_train_steps)."""
+    """Train this many passes over the data (the run's max_train_steps; the config itself keeps its own)."""
     logger: str = ""
     """Alias of report_to (tensorboard, wandb, none)."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        # each alias sets the field it names and then reads empty, so the saved YAML holds one value
         if self.train_data_dir:
-            self.train_data = self.train_data_dir
+            self.train_data, self.train_data_dir = self.train_data_dir, None
         if self.dataset_name:
-            self.train_data = f"hf:{self.dataset_name}"
+            self.train_data, self.dataset_name = f"hf:{self.dataset_name}", None
         if self.ddpm_num_steps is not None:
-            self.num_train_timesteps = self.ddpm_num_steps
+            self.num_train_timesteps, self.ddpm_num_steps = self.ddpm_num_steps, None
         if self.ddpm_beta_schedule:
-            self.beta_schedule = self.ddpm_beta_schedule
+            self.beta_schedule, self.ddpm_beta_schedule = self.ddpm_beta_schedule, None
         if self.logger:
-            self.report_to = self.logger
-
-
-def steps_for_epochs(epochs: int, n_images: int, config: Any) -> int:
-    """Optimizer steps of ``epochs`` passes over ``n_images`` (all processes, gradient accumulation)."""
-    import math
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    per_step = config.train_batch_size * world * config.gradient_accumulation_steps
-    return max(1, math.ceil(epochs * n_images / per_step))
+            self.report_to, self.logger = self.logger, ""
+        super().__post_init__()
 
 
 class DDPMTask(UNetDiffusionTask):
     """Noise-prediction MSE on x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t uniform."""
 
+    family = "ddpm"
+
     def __init__(self, config: DDPMTrainConfig):
         from diffusers import DDPMScheduler
 
-        self.config = config
         self.dataset, self.mapping = build_training_data(config)
-        if config.num_epochs:
-            config.max_train_steps = steps_for_epochs(config.num_epochs, len(self.dataset), config)
+        if config.num_epochs:  # the run's step count, in a copy: the config given is never changed
+            config = with_epochs(config, len(self.dataset), config.num_epochs)
+        self.config = config
         overrides: dict[str, Any] = {}
         if config.time_embedding is not None:
             overrides["time_embedding"] = config.time_embedding
         if config.skip_connections is not None:
             overrides["skip_connections"] = config.skip_connections
         self.unet = self.build_unet(config.model, **overrides)
-        self.noise_scheduler = DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_schedule=config.beta_schedule,
-            beta_start=config.beta_start,
-            beta_end=config.beta_end,
-            prediction_type=config.prediction_type,
-            clip_sample=True,
-        )
+        self.noise_scheduler = DDPMScheduler(**self.schedule(), clip_sample=True)
 
-    def pipeline(self, unet: nn.Module):
+    def make_pipeline(self, unet: nn.Module):
         from medsd.pipelines.ddpm import MedDDPMPipeline, fast_scheduler
 
-        pipe = MedDDPMPipeline(unet=unet, scheduler=fast_scheduler(self.noise_scheduler.config))
-        pipe.intensity_mapping = self.mapping
-        pipe.medsd_metadata = {
-            "family": "ddpm",
-            "train_data": self.config.train_data,
-            "resolution": self.config.resolution,
-            "train_scheduler": dict(self.noise_scheduler.config),
-        }
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return MedDDPMPipeline(unet=unet, scheduler=fast_scheduler(self.noise_scheduler.config))
 
     def render(self, pipe: Any, generator: torch.Generator, device: torch.device) -> list[Any]:
         return pipe(
@@ -126,27 +96,14 @@ class DDPMTask(UNetDiffusionTask):
                 f'pipe = MedDDPMPipeline.from_pretrained("{output_dir.name}")\n'
                 "images = pipe(batch_size=4, num_inference_steps=25).images"
             ),
-            training={
-                k: getattr(cfg, k)
-                for k in (
-                    "model",
-                    "train_data",
-                    "resolution",
-                    "max_train_steps",
-                    "train_batch_size",
-                    "learning_rate",
-                    "mixed_precision",
-                    "use_ema",
-                    "time_embedding",
-                    "skip_connections",
-                )
-            },
+            training=self.card_training("model", "time_embedding", "skip_connections"),
         )
 
 
 def train_ddpm(config: DDPMTrainConfig):
     """Train and save a :class:`~medsd.pipelines.ddpm.MedDDPMPipeline` into ``config.output_dir``."""
-    return train(seeded_task(DDPMTask, config), config)
+    task = seeded_task(DDPMTask, config)
+    return train(task, task.config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,12 +26,19 @@ from .model_card import write_model_card
 class UNetDiffusionArgs:
     """Config fields of both U-Net diffusion families (each family adds its own and sets its defaults)."""
 
+    model: str = "light-tiny"
+    """U-Net preset: light-tiny, light-ct, xray-synth-256, diffusers-small, diffusers-unconditional
+    (cDDPM sets in_channels to 1 + the condition channels)."""
     block_out_channels: list[int] | None = None
     """Override the U-Net's channels per level, e.g. 32,64,128."""
+    num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"
+    """What the U-Net predicts: epsilon, v_prediction or sample (x0)."""
     beta_schedule: str = "linear"
     """Noise schedule of training (diffusers' DDPMScheduler): linear, scaled_linear or squaredcos_cap_v2."""
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    validation_inference_steps: int = 25
 
 
 class UNetDiffusionTask(TrainingTask):
@@ -52,6 +59,16 @@ class UNetDiffusionTask(TrainingTask):
         if self.config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         return unet
+
+    def schedule(self) -> dict[str, Any]:
+        """The training noise schedule the config asks for (``DDPMScheduler`` keyword arguments)."""
+        keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
+        return {k: getattr(self.config, k) for k in keys}
+
+    def card_training(self, *keys: str) -> dict[str, Any]:
+        """The config values a model card lists under training (``keys``, then the shared budget)."""
+        shared = ("train_data", "resolution", "max_train_steps", "train_batch_size", "learning_rate")
+        return {k: getattr(self.config, k) for k in (*keys, *shared, "mixed_precision", "use_ema")}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"unet": self.unet}
@@ -74,9 +91,30 @@ class UNetDiffusionTask(TrainingTask):
         target = diffusion_target(self.noise_scheduler, self.config.prediction_type, clean, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
+    family: str = "ddpm"
+    """The family name saved in the pipeline's medsd metadata."""
+    mapping: Any = None
+
     @abstractmethod
+    def make_pipeline(self, unet: nn.Module) -> Any:
+        """The family's pipeline class around ``unet`` and its sampling scheduler."""
+
+    def metadata(self) -> dict[str, Any]:
+        """The medsd metadata saved with the pipeline (a family adds its own keys)."""
+        return {
+            "family": self.family,
+            "train_data": self.config.train_data,
+            "resolution": self.config.resolution,
+            "train_scheduler": dict(self.noise_scheduler.config),
+        }
+
     def pipeline(self, unet: nn.Module) -> Any:
         """The family's pipeline around ``unet``, with the intensity mapping and metadata (progress bar off)."""
+        pipe = self.make_pipeline(unet)
+        pipe.intensity_mapping = self.mapping
+        pipe.medsd_metadata = self.metadata()
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     @abstractmethod
     def render(self, pipe: Any, generator: torch.Generator, device: torch.device) -> list[Any]:

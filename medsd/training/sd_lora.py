@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import parse_config
+from .config import parse_config, with_epochs
 from .core import TrainingTask, TrainResult, diffusion_target, seeded_task, train, weight_dtype_for
 from .sd_lora_config import (
     CAPTION_COLUMN_CANDIDATES,
@@ -98,14 +98,8 @@ class SDLoRATask(TrainingTask):
             raise ValueError(f"no training images in {config.resolved_train_data()}")
         self.accelerator: Any = None
         self.weight_dtype = torch.float32
-        if config.num_train_epochs or config.validation_epochs:
-            from .ddpm import steps_for_epochs
-
-            per_epoch = steps_for_epochs(1, len(self.source), config)
-            if config.num_train_epochs:
-                config.max_train_steps = per_epoch * config.num_train_epochs
-            if config.validation_epochs:
-                config.validation_steps = per_epoch * config.validation_epochs
+        # epochs give the step counts in a copy of the config: the config given is never changed
+        self.config = with_epochs(config, len(self.source), config.num_train_epochs, config.validation_epochs)
         if config.enable_xformers_memory_efficient_attention:
             try:
                 self.unet.enable_xformers_memory_efficient_attention()
@@ -175,7 +169,7 @@ class SDLoRATask(TrainingTask):
         if not (cfg.cache_latents or cfg.cache_text_embeddings or cfg.cache_images_on_device):
             return SDStreamingDataset(self.source, self.tokenizer)
         device = self.accelerator.device if self.accelerator is not None else torch.device("cpu")
-        self._flip_in_loss = cfg.random_flip and not cfg.cache_latents
+        self._flip_in_loss = cfg.hflip and not cfg.cache_latents
         return build_tensor_dataset(
             self.source, cfg, self.vae, self.tokenizer, self.text_encoder, device, self.weight_dtype
         )
@@ -366,7 +360,8 @@ class SDLoRATask(TrainingTask):
 
 def train_sd_lora(config: SDLoRATrainConfig) -> TrainResult:
     """Train (or resume) a LoRA as ``config`` says; the library entry point."""
-    return train(seeded_task(SDLoRATask, config), config)
+    task = seeded_task(SDLoRATask, config)
+    return train(task, task.config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ class SDLoRATrainConfig(DataArgs, TrainConfig):
     """Caption column; default: 'text', 'caption' or 'prompt' when present and no prompt_template is given."""
     prompt_template: str | None = None
     """Prompts from metadata fields, e.g. 'a chest x-ray, {label}' with --label_column label."""
-    data_split: str = "all"
+    split: str = "all"
     """all (every image in the source), or train / val / test of a patient-level split."""
     resolution: int = 512
     """Training image size (square center crop); 512 for SD 1.x, 256 trains faster."""
@@ -118,7 +118,7 @@ def _csv_columns(path: str) -> list[str]:
 def resolve_data_args(config: SDLoRATrainConfig) -> DataArgs:
     """DataArgs for ``medsd.data``: aliases resolved and image / caption columns detected."""
     source = config.resolved_train_data()
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(DataArgs)}
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(DataArgs) if f.init}
     values["train_data"] = source
     image_col, caption_col = config.image_column, config.caption_column
     if source.endswith(".csv"):

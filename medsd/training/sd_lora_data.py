@@ -103,16 +103,16 @@ def _encode_latents(
     device: torch.device,
     storage: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """VAE latent distributions (mean, std) of every image, and of its mirror image with ``random_flip``."""
+    """VAE latent distributions (mean, std) of every image, and of its mirror image with ``hflip``."""
     from tqdm.auto import tqdm
 
     parts: dict[str, list[torch.Tensor]] = {"latent_mean": [], "latent_std": []}
-    if config.random_flip:
+    if config.hflip:
         parts.update(latent_mean_flipped=[], latent_std_flipped=[])
     bs = max(1, config.train_batch_size)
     for start in tqdm(range(0, len(pixels), bs), desc="encoding latents", disable=not config.progress_bar):
         x = torch.stack(pixels[start : start + bs]).to(device, vae.dtype)
-        views = [("", x)] + ([("_flipped", x.flip(-1))] if config.random_flip else [])
+        views = [("", x)] + ([("_flipped", x.flip(-1))] if config.hflip else [])
         for suffix, view in views:
             dist = vae.encode(to_vae_input(view)).latent_dist
             parts[f"latent_mean{suffix}"].append(dist.mean.float().to(storage))
