@@ -6,8 +6,7 @@ import argparse
 import importlib
 import sys
 
-from medsd.errors import MedsdError
-from medsd.training.config import OneLineArgumentParser
+from medsd.errors import MedsdError, OneLineArgumentParser
 
 # Each module in medsd/commands registers its sub-command(s); imports inside them are deferred.
 COMMAND_MODULES = [

@@ -151,9 +151,9 @@ def run(args: argparse.Namespace) -> int:
     from diffusers import DDPMScheduler
 
     from medsd.data import build_dataset, parse_source
+    from medsd.errors import check_values
     from medsd.metrics import degenerate_mask, distribution_metrics, extract_features, get_extractor
     from medsd.pipelines.ddpm import MedDDPMPipeline
-    from medsd.training.config import check_values
     from medsd.training.data_args import data_config
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
 

@@ -1,6 +1,6 @@
 """What every ``medsd`` command checks before it starts work: devices, output folders, model-loading flags.
 
-Numeric flags are range-checked by :func:`medsd.training.config.check_values` (the mechanism training's
+Numeric flags are range-checked by :func:`medsd.errors.check_values` (the mechanism training's
 ``check_ranges`` uses) from the ``value_ranges`` a command sets as a parser default; ``medsd.cli.main`` runs it,
 and :func:`check_device` for a ``--device`` flag, right after parsing.
 """
@@ -38,7 +38,7 @@ def check_args(args: argparse.Namespace) -> None:
     """The checks every command gets after parsing: numeric ranges, then ``--device``."""
     ranges = getattr(args, "value_ranges", None)
     if ranges:
-        from medsd.training.config import check_values
+        from medsd.errors import check_values
 
         check_values(args, **ranges)
     if getattr(args, "device", None) is not None:

@@ -215,8 +215,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from medsd.errors import MedsdError
-    from medsd.training.config import OneLineArgumentParser
+    from medsd.errors import MedsdError, OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="medsd eval", description=HELP + ".")
     add_arguments(parser)

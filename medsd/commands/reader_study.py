@@ -136,8 +136,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from medsd.errors import MedsdError
-    from medsd.training.config import OneLineArgumentParser
+    from medsd.errors import MedsdError, OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="medsd reader_study", description=HELP + ".")
     add_arguments(parser)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from medsd.errors import MedsdConfigError
+from medsd.errors import MedsdConfigError, OneLineArgumentParser, check_values
 
 T = TypeVar("T")
 SECRET_FIELDS = ("hub_token",)
@@ -338,44 +338,3 @@ def check_ranges(config: TrainConfig) -> None:
         raise bad("checkpoints_total_limit", "a number >= 1 (or none for no limit)")
     if config.mixed_precision not in MIXED_PRECISIONS:
         raise bad("mixed_precision", " / ".join(MIXED_PRECISIONS))
-
-
-def check_values(
-    values: Any,
-    at_least: dict[str, float] | None = None,
-    positive: tuple[str, ...] = (),
-    unit_interval: tuple[str, ...] = (),
-    at_most: dict[str, float] | None = None,
-) -> None:
-    """Refuse, in one line naming the flag (``--name: expected a number >= 1, got 0``), a value out of range.
-
-    ``values`` is a config dataclass or an ``argparse.Namespace``; a value of None (an optional flag not given)
-    passes. Used by :func:`check_ranges` for training and by every ``medsd`` command for its numeric flags
-    (``value_ranges`` in the command's parser defaults).
-    """
-
-    def bad(name: str, expected: str) -> MedsdConfigError:
-        return MedsdConfigError(f"--{name}: expected {expected}, got {getattr(values, name)!r}")
-
-    def given(name: str) -> bool:
-        return getattr(values, name, None) is not None
-
-    for name, low in (at_least or {}).items():
-        if given(name) and not getattr(values, name) >= low:
-            raise bad(name, f"a number >= {low}")
-    for name, high in (at_most or {}).items():
-        if given(name) and not getattr(values, name) <= high:
-            raise bad(name, f"a number <= {high}")
-    for name in positive:
-        if given(name) and not getattr(values, name) > 0:
-            raise bad(name, "a number > 0")
-    for name in unit_interval:
-        if given(name) and not 0 <= getattr(values, name) <= 1:
-            raise bad(name, "a number in [0, 1]")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line (``PROG: error: MESSAGE (see PROG --help)``)."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
