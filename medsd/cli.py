@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, OneLineArgumentParser
 
 # Each module in medsd/commands registers its sub-command(s); imports inside them are deferred.
 COMMAND_MODULES = [
@@ -25,7 +25,8 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``medsd`` parser: usage errors are one line, and every command takes ``--debug``."""
+    parser = OneLineArgumentParser(
         prog="medsd",
         description="Synthetic chest X-ray and CT images with diffusers: train, sample and evaluate.",
         epilog="Start with `medsd quickstart` (CPU, a few minutes, no download).",
@@ -40,7 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for command in sub.choices.values():
+        _add_debug(command)
     return parser
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on every (sub-)command that parses its own flags (train's families get it as an extra)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if subs:
+        for child in subs[0].choices.values():
+            _add_debug(child)
+        return
+    if "--debug" not in parser._option_string_actions and parser.add_help:
+        parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
 def _version() -> str:
@@ -54,11 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if "--debug" in extra:  # medsd train FAMILY ... --debug: the family parser has no such flag
+        extra = [a for a in extra if a != "--debug"]
+        args.debug = True
     args.extra_args = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
+        from medsd.commands.common import check_args
+
+        check_args(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -76,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if getattr(args, "debug", False) or not isinstance(e, expected):
             raise
-        print(f"medsd {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the library's message looked like
+        print(f"medsd {args.command}: error: {message}", file=sys.stderr)
         return int(getattr(e, "exit_code", 2))  # e.g. 143 after a SIGTERM checkpoint
 
 

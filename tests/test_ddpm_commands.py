@@ -97,7 +97,7 @@ def test_ablation_ddpm_sampler_two_seeds_and_config(tmp_path, capsys):
     bad.write_text("resolutoin: 16\n")
     capsys.readouterr()
     assert main(["ablation", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
-    assert "unknown ablation option(s) ['resolutoin']" in capsys.readouterr().err
+    assert "unknown field 'resolutoin' (did you mean 'resolution'?)" in capsys.readouterr().err
 
 
 def test_xray_table_orders_classes(tmp_path, capsys):

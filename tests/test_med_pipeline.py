@@ -151,7 +151,12 @@ def test_medsd_ddpm_folder_dispatches(tmp_path):
 
 
 def test_rejects_folders_that_are_not_models(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a medsd model"):
+    from medsd.pipelines.folder import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="is an empty folder"):
+        MedPipeline.from_pretrained(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelFolderError, match="not a medsd model"):
         MedPipeline.from_pretrained(tmp_path)
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(ValueError, match="unsupported"):

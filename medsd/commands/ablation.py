@@ -6,8 +6,24 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+from medsd.errors import MedsdConfigError
+
+from .common import check_out_dir, value_ranges
 from .experiments import sample_rows_figure, short_ddpm_run_fields
+
+ABLATION_RANGES = value_ranges(
+    at_least={
+        "resolution": 8,
+        "max_train_steps": 1,
+        "train_batch_size": 1,
+        "num_samples": 2,
+        "num_inference_steps": 1,
+        "seeds": 1,
+    },
+    positive=("learning_rate",),
+)
 
 # name -> (time_embedding, skip_connections, description); the paper's FID in its Table I
 VARIANTS = {
@@ -66,37 +82,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sampling steps (default: 25 for fast, the training timesteps for ddpm)",
     )
     p.add_argument("--seeds", type=int, default=1, help="independent runs per variant (mean ± std over them)")
-    p.add_argument("--mixed_precision", default="auto")
+    p.add_argument("--mixed_precision", default="auto", choices=("auto", "no", "fp16", "bf16"))
     p.add_argument("--patient_column", default=None, help="patient id column of a CSV (patient-level split)")
     p.add_argument("--label_column", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite_output_dir", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, value_ranges=ABLATION_RANGES)
 
 
 def _apply_config(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill options from ``--config`` (YAML) where the command line left them at their defaults."""
+    """Fill options from ``--config`` (YAML) where the command line left them at their defaults; a key or
+    value the command line would refuse is refused in one line naming the file and the key."""
     if not getattr(args, "config", None):
         return args
-    import yaml
+    from medsd.training.config import load_yaml, unknown_keys_error
 
     path = Path(args.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config: file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of ablation options, got {type(data).__name__}")
+    data = load_yaml(path)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     sub = parser.parse_args(["ablation"])
-    known = {k for k in vars(sub) if k != "func"}
-    unknown = sorted(set(data) - known)
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    actions = {a.dest: a for a in subparsers.choices["ablation"]._actions}
+    known = {k for k in vars(sub) if k not in ("func", "value_ranges", "config")}
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
-        raise ValueError(f"{path}: unknown ablation option(s) {unknown}; known: {sorted(known)}")
+        raise MedsdConfigError(unknown_keys_error(str(path), unknown, known))
     for k, v in data.items():
+        v = _config_value(path, actions[k], v)
         if getattr(args, k) == getattr(sub, k):
             setattr(args, k, v)
     return args
+
+
+def _config_value(path: Path, action: argparse.Action, value: Any) -> Any:
+    """A YAML value for ``action`` converted as its flag would be, or a one-line error."""
+
+    def bad(expected: str) -> MedsdConfigError:
+        return MedsdConfigError(f"{path}: {action.dest}: expected {expected}, got {value!r}")
+
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if value is None:
+        return None
+    if isinstance(value, list) and action.type is None and all(isinstance(v, str) for v in value):
+        value = ",".join(value)  # variants: [no_skips, once] as well as "no_skips,once"
+    if isinstance(value, bool | list | dict):
+        raise bad(_TYPE_TEXT.get(action.type, "a string"))
+    if action.type is int and isinstance(value, float) and not value.is_integer():
+        raise bad("an integer")
+    try:
+        value = (action.type or str)(value)
+    except (TypeError, ValueError):
+        raise bad(_TYPE_TEXT.get(action.type, "a string")) from None
+    if action.choices and value not in action.choices:
+        raise bad(f"one of {list(action.choices)}")
+    return value
+
+
+_TYPE_TEXT = {int: "an integer", float: "a number"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,21 +151,21 @@ def run(args: argparse.Namespace) -> int:
     from diffusers import DDPMScheduler
 
     from medsd.data import build_dataset, parse_source
+    from medsd.errors import check_values
     from medsd.metrics import degenerate_mask, distribution_metrics, extract_features, get_extractor
     from medsd.pipelines.ddpm import MedDDPMPipeline
     from medsd.training.data_args import data_config
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
 
     args = _apply_config(args)
-    if args.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler: expected one of {SAMPLERS}, got {args.sampler!r}")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds: expected at least 1, got {args.seeds}")
+    check_values(args, **ABLATION_RANGES)  # again: --config may have set them
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    out = Path(args.out)
+    out = check_out_dir(
+        args.out, ("ablation.json",), args.overwrite_output_dir, overwrite_flag="--overwrite_output_dir"
+    )
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -218,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
                 sample_rows[name] = fake[:8]
 
     report = {
-        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "value_ranges")},
         "held_out_real_images": n_real,
         "rows": rows,
         "summary": summarise(rows),

@@ -16,6 +16,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .common import add_allow_pickle, add_overwrite, check_out_dir, value_ranges
+
+CDDPM_EVAL_RANGES = value_ranges(
+    at_least={
+        "phantom_count": 2,
+        "resolution": 8,
+        "num_images": 2,
+        "num_samples": 1,
+        "num_inference_steps": 1,
+        "batch_size": 1,
+        "figure_rows": 1,
+    },
+    seeds=("seed", "split_seed", "subsample_seed"),
+)
+RESULT_FILES = ("metrics.json", "metrics.md")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -89,7 +105,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--figure_rows", type=int, default=4)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    p.set_defaults(func=run)
+    add_allow_pickle(p)
+    add_overwrite(p, "metrics.json, metrics.md and the figures of an earlier run")
+    p.set_defaults(func=run, value_ranges=CDDPM_EVAL_RANGES)
+
+
+def parse_factors(factor: str | None) -> list[float] | None:
+    """``--factor 2.828,4`` -> [2.828, 4.0] (each > 1), or None when not given."""
+    if not factor:
+        return None
+    try:
+        factors = [float(f) for f in str(factor).split(",")]
+    except ValueError:
+        factors = []
+    if not factors or not all(f > 1 for f in factors):
+        raise ValueError(f"--factor: expected numbers > 1, comma-separated (e.g. 2.828,4), got {factor!r}")
+    return factors
 
 
 def load_test_images(
@@ -357,10 +388,10 @@ def run(args: argparse.Namespace) -> int:
     from medsd.data.degradations import Degradation
     from medsd.pipelines.cddpm import MedCDDPMPipeline
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(args.out, RESULT_FILES, args.overwrite)
+    given_factors = parse_factors(args.factor)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = MedCDDPMPipeline.from_pretrained(args.model).to(device)
+    pipe = MedCDDPMPipeline.from_pretrained(args.model, allow_pickle=args.allow_pickle).to(device)
     pipe.set_progress_bar_config(disable=True)
     meta = pipe.medsd_metadata or {}
     task = args.task or pipe.task
@@ -374,11 +405,7 @@ def run(args: argparse.Namespace) -> int:
         base["mask_file"] = args.mask_file
         base.setdefault("mask_kind", "file")
     if task == "sr":
-        factors = (
-            [float(f) for f in str(args.factor).split(",")]
-            if args.factor
-            else [float(base.get("factor", 4.0))]
-        )
+        factors = given_factors or [float(base.get("factor", 4.0))]
     else:
         factors = [None]
     resolution = args.resolution or int(meta.get("resolution") or pipe.unet.config.sample_size)
@@ -389,6 +416,7 @@ def run(args: argparse.Namespace) -> int:
         args, resolution, split_seed, pipe.intensity_mapping if same_source else None
     )
     lpips_fn = _Lpips(not args.no_lpips)
+    out.mkdir(parents=True, exist_ok=True)
 
     results = []
     md = [f"# cDDPM evaluation: {args.model}", ""]

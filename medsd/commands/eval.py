@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import check_args, check_input_path, check_out_dir, value_ranges
+
 HELP = "evaluate synthetic images against real ones (distribution, quality, diversity, memorisation)"
 
 
@@ -114,6 +116,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--device", default="cpu", help="device for learned extractors (default cpu)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(value_ranges=EVAL_RANGES)
+
+
+EVAL_RANGES = value_ranges(
+    at_least={
+        "max_images": 2,
+        "size": 16,
+        "k": 1,
+        "kid_subsets": 1,
+        "kid_subset_size": 2,
+        "diversity_pairs": 1,
+        "class_pairs": 1,
+        "reference_draws": 0,
+        "ncc_size": 8,
+        "downstream_epochs": 1,
+    },
+    unit_interval=("copy_threshold",),
+)
+REPORT_FILES = ("report.json", "report.md")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -151,17 +172,36 @@ def config_from_args(args):
     return EvalConfig(**values)
 
 
+def check_inputs(args) -> None:
+    """Weight files given as flags exist; --out is a folder. An earlier report there is replaced, and said so:
+    re-running into the same folder is how its feature cache (OUT/cache) is reused."""
+    for flag in ("inception_weights", "clip_checkpoint", "lpips_weights"):
+        check_input_path(getattr(args, flag), f"--{flag}")
+    out = check_out_dir(args.out, (), overwrite=True)
+    if (out / REPORT_FILES[0]).exists():
+        print(
+            f"medsd eval: replacing the report in {out} (cached features in {out / 'cache'} are reused)",
+            file=sys.stderr,
+        )
+
+
 def run(args) -> int:
     from medsd.metrics.evaluate import EXIT_COPIES, EXIT_ERROR, EXIT_OK, evaluate
     from medsd.metrics.features import MissingWeightsError
 
+    debug = getattr(args, "debug", False)
     try:
+        check_inputs(args)
         report, code = evaluate(config_from_args(args), log=lambda s: print(s, file=sys.stderr))
     except MissingWeightsError as e:
-        print(f"medsd eval: missing weights: {e}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"medsd eval: missing weights: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_ERROR
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        print(f"medsd eval: error: {e}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"medsd eval: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_ERROR
     print(f"wrote {args.out}/report.md and report.json")
     if code == EXIT_COPIES and args.fail_on_copies:
@@ -175,9 +215,17 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="medsd eval", description=HELP + ".")
+    from medsd.errors import MedsdError, OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="medsd eval", description=HELP + ".")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except MedsdError as e:
+        print(f"medsd eval: error: {e}", file=sys.stderr)
+        return 2
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medsd.errors import MedsdError
+
+from .common import add_allow_pickle, default_device, value_ranges
 from .generate_io import (
     CONDITION_COLUMNS,
     GenerateError,
+    check_family_flags,
+    check_out,
     file_sha256,
+    folder_family,
     list_conditions,
+    prompts_of,
     read_condition,
     read_mask,
     weights_sha256,
@@ -110,6 +117,21 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
     p.add_argument(
         "--ignore_weights_hash", action="store_true", help="--from_sidecar: accept changed weights"
     )
+    add_allow_pickle(p)
+    p.set_defaults(value_ranges=GENERATE_RANGES)
+
+
+GENERATE_RANGES = value_ranges(
+    at_least={
+        "num_images": 1,
+        "batch_size": 1,
+        "num_inference_steps": 1,
+        "guidance_scale": 0,
+        "height": 8,
+        "width": 8,
+        "image_size": 8,
+    }
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -171,7 +193,7 @@ class LoadedModel:
     """model id / path and weights hashes, as written to sidecars."""
 
 
-def load_model(model: str, device: str, dtype: str) -> LoadedModel:
+def load_model(model: str, device: str, dtype: str, allow_pickle: bool = False) -> LoadedModel:
     import torch
 
     from medsd.pipelines.auto import MedPipeline
@@ -182,7 +204,9 @@ def load_model(model: str, device: str, dtype: str) -> LoadedModel:
     is_local = Path(model).is_dir()
     folder = resolve_local_dir(model)
     torch_dtype = getattr(torch, dtype)
-    pipe = MedPipeline.from_pretrained(folder, torch_dtype=torch_dtype, device=device)
+    pipe = MedPipeline.from_pretrained(
+        folder, torch_dtype=torch_dtype, device=device, allow_pickle=allow_pickle
+    )
     family = family_of(pipe)
     record: dict[str, Any] = {
         "model": str(Path(model).resolve()) if is_local else model,
@@ -397,61 +421,36 @@ def generate(
 
 
 # -- the two entry points: new images, or images from sidecars -------------------------------------------------
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise GenerateError(f"--out {out} is a file; expected a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"--out {out} is not empty; pass --overwrite to write into it")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _device(requested: str | None) -> str:
-    import torch
-
-    if requested:
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise GenerateError(
-                f"--device {requested}: CUDA is not available on this machine; use --device cpu"
-            )
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt or [])
-    if args.prompt_file:
-        pf = Path(args.prompt_file)
-        if not pf.is_file():
-            raise GenerateError(f"--prompt_file {pf} does not exist")
-        prompts += [line.strip() for line in pf.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise GenerateError("a text-to-X-ray model needs --prompt TEXT or --prompt_file FILE")
-    return prompts
+    return default_device(requested)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.from_sidecar:
         return run_from_sidecars(args)
-    if args.num_images is not None and args.num_images < 1:
-        raise GenerateError(f"--num_images must be >= 1, got {args.num_images}")
-    if args.batch_size < 1:
-        raise GenerateError(f"--batch_size must be >= 1, got {args.batch_size}")
     out = Path(args.out)
-    _prepare_out(out, args.overwrite)
-    loaded = load_model(args.model, _device(args.device), args.dtype)
-    apply_scheduler(loaded, args.scheduler)
+    check_out(out, args.overwrite)
+    check_family_flags(args, folder_family(args.model))  # before the (slow) load where the folder tells
+    loaded = load_model(args.model, _device(args.device), args.dtype, args.allow_pickle)
     fam = loaded.family
+    check_family_flags(args, fam)
+    apply_scheduler(loaded, args.scheduler)
     n = args.num_images or DEFAULT_NUM_IMAGES[fam]
     specs: list[ImageSpec] = []
     if fam == "ddpm":
         specs = [ImageSpec(k, args.seed + k) for k in range(n)]
     elif fam == "text2xray":
-        for prompt in _prompts(args):
+        for prompt in prompts_of(args):
             for _ in range(n):
                 k = len(specs)
                 specs.append(ImageSpec(k, args.seed + k, prompt=prompt))
     else:
-        for cond, mask in list_conditions(args.condition, args.mask, args.condition_column):
+        pairs = list_conditions(args.condition, args.mask, args.condition_column)
+        mapping = getattr(loaded.pipe, "intensity_mapping", None)
+        for cond, mask in pairs:  # read every input once before writing anything: no partial output
+            read_condition(cond, mapping)
+            if mask:
+                read_mask(mask)
             for _ in range(n):
                 k = len(specs)
                 specs.append(ImageSpec(k, args.seed + k, condition=cond, mask=mask))
@@ -470,6 +469,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     s.num_inference_steps = args.num_inference_steps or default_steps(loaded, s)
+    out.mkdir(parents=True, exist_ok=True)
     if fam == "text2xray" and s.guidance_scale is None:
         from medsd.pipelines.text2xray import DEFAULT_GUIDANCE_SCALE
 
@@ -513,22 +513,30 @@ def _check_hashes(loaded: LoadedModel, d: dict[str, Any], path: str, ignore: boo
 def run_from_sidecars(args: argparse.Namespace) -> int:
     """Regenerate the images of ``--from_sidecar`` files (same names, new sidecars) into ``--out``."""
     out = Path(args.out)
-    _prepare_out(out, args.overwrite)
+    check_out(out, args.overwrite)
     docs = [(p, read_sidecar(p)) for p in args.from_sidecar]
     cache: dict[tuple, LoadedModel] = {}
     device = _device(args.device) if args.device else None
     total = 0
     for path, d in docs:
         dev = device or d.get("device") or _device(None)
+        if device is None:
+            try:
+                _device(dev)
+            except MedsdError as e:
+                raise GenerateError(
+                    f"{path}: the image was drawn on {dev} ({e}); pass --device to choose"
+                ) from None
         key = (d["model"], dev, d.get("dtype", "float32"), d.get("scheduler", "default"))
         if key not in cache:
-            loaded = load_model(d["model"], dev, d.get("dtype", "float32"))
+            loaded = load_model(d["model"], dev, d.get("dtype", "float32"), args.allow_pickle)
             apply_scheduler(loaded, d.get("scheduler", "default"))
             if loaded.family != d["family"]:
                 raise GenerateError(f"{path}: {d['model']} is now a {loaded.family} model, not {d['family']}")
             cache[key] = loaded
         loaded = cache[key]
         _check_hashes(loaded, d, str(path), args.ignore_weights_hash)
+        out.mkdir(parents=True, exist_ok=True)
         s = Settings(
             family=d["family"],
             scheduler=d.get("scheduler", "default"),

@@ -1,7 +1,9 @@
-"""What ``medsd generate`` reads and records: cDDPM condition inputs, and the hashes its sidecars carry."""
+"""What ``medsd generate`` reads, checks and records: its flags and output folder, cDDPM condition inputs, and the
+hashes its sidecars carry."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import os
@@ -19,6 +21,58 @@ class GenerateError(MedsdError):
 
 
 # -- command line ------------------------------------------------------------------------------------------
+FAMILY_FLAGS = {
+    "text2xray": ("prompt", "prompt_file", "negative_prompt", "guidance_scale", "height", "width"),
+    "cddpm": ("condition", "condition_column", "mask", "task", "image_size"),
+}
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a file or already has files (the folder is made once the model has loaded)."""
+    if out.exists() and not out.is_dir():
+        raise GenerateError(f"--out {out} is a file; expected a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"--out {out} is not empty; pass --overwrite to write into it")
+
+
+def folder_family(model: str | None) -> str | None:
+    """The family of a local model folder read from its files (None for a Hub id or an unknown folder)."""
+    from medsd.pipelines.auto import MEDSD_PIPELINES
+    from medsd.pipelines.folder import LORA_WEIGHTS_FILE, MODEL_INDEX, folder_class_name, read_model_index
+
+    folder = Path(model) if model else None
+    if folder is None or not folder.is_dir():
+        return None
+    if (folder / MODEL_INDEX).is_file():
+        spec = MEDSD_PIPELINES.get(folder_class_name(read_model_index(folder)) or "")
+        return (
+            {"MedDDPMPipeline": "ddpm", "MedCDDPMPipeline": "cddpm"}.get(spec[1], "text2xray")
+            if spec
+            else None
+        )
+    return "text2xray" if (folder / LORA_WEIGHTS_FILE).is_file() else None
+
+
+def check_family_flags(args: argparse.Namespace, family: str | None) -> None:
+    """Refuse flags of another model family (they would be silently ignored)."""
+    if family is None:
+        return
+    for fam, flags in FAMILY_FLAGS.items():
+        given = [f for f in flags if getattr(args, f, None) is not None]
+        if fam != family and given:
+            raise GenerateError(f"--{given[0]} applies to {fam} models; {args.model} is a {family} model")
+
+
+def prompts_of(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        pf = Path(args.prompt_file)
+        if not pf.is_file():
+            raise GenerateError(f"--prompt_file {pf} does not exist")
+        prompts += [line.strip() for line in pf.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise GenerateError("a text-to-X-ray model needs --prompt TEXT or --prompt_file FILE")
+    return prompts
 
 
 def weights_sha256(folder: str | os.PathLike) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_allow_pickle
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,12 +25,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--public", action="store_true", help="make the repo public (default: private)")
     p.add_argument("--eval_report", default=None, help="a `medsd eval` report.json for the card and the gate")
     p.add_argument("--allow_memorised", action="store_true", help="push even if the audit found near-copies")
+    add_allow_pickle(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medsd.pipelines.folder import check_shareable_folder
     from medsd.training.hub import push_folder
 
+    # a checkpoint, an unfinished run or pickle-only weights are refused before any network call
+    check_shareable_folder(Path(args.output_dir), allow_pickle=args.allow_pickle)
     push_folder(
         args.output_dir,
         args.repo_id,

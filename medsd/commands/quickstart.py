@@ -6,6 +6,19 @@ import argparse
 import time
 from pathlib import Path
 
+from .common import value_ranges
+
+QUICKSTART_RANGES = value_ranges(
+    at_least={
+        "max_train_steps": 1,
+        "resolution": 8,
+        "num_images": 2,
+        "num_samples": 4,
+        "train_batch_size": 1,
+        "num_inference_steps": 1,
+    }
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -26,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num_inference_steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite_output_dir", action="store_true", help="replace an earlier quickstart run")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, value_ranges=QUICKSTART_RANGES)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from medsd.training.core import save_image_grid
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
 
+    if args.num_images < args.train_batch_size:
+        from medsd.errors import MedsdConfigError
+
+        raise MedsdConfigError(
+            f"--num_images {args.num_images}: expected at least --train_batch_size ({args.train_batch_size}) "
+            "training phantoms"
+        )
     out = Path(args.output_dir)
     t0 = time.perf_counter()
     steps = args.max_train_steps

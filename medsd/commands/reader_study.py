@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from .common import add_overwrite, check_args, check_input_path, check_out_dir, check_out_file, value_ranges
+
 HELP = "export a blinded real-vs-synthetic reader study, or score its answer sheets"
 
 
@@ -47,12 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     e.add_argument("--size", type=int, default=256, help="exported image size in px (default 256)")
     e.add_argument("--seed", type=int, default=0)
+    add_overwrite(e, "the images, answer sheet and key of an earlier export")
+    e.set_defaults(value_ranges=value_ranges(at_least={"n": 1, "size": 8}))
     s = sub.add_parser("score", help="per-reader accuracy and Cohen's kappa between readers")
     s.add_argument("--key", required=True, help="key.csv written by export")
     s.add_argument("--answers", nargs="+", required=True, help="filled answer sheets (reader = file name)")
     s.add_argument(
         "--out", default=None, help="write the scores as JSON here (and the tables as .md beside it)"
     )
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -85,6 +90,7 @@ def run(args) -> int:
 
     try:
         if args.action == "export":
+            check_out_dir(args.out, ("key.csv", "answer_sheet.csv"), args.overwrite)
             design = "mixed" if args.design == "single" else args.design
             fakes = _strata(args.fake)
             reals = _strata(args.real)
@@ -110,9 +116,15 @@ def run(args) -> int:
                 f"(keep {args.out}/key.csv away from readers)"
             )
             return 0
+        check_input_path(args.key, "--key")
+        for answers in args.answers:
+            check_input_path(answers, "--answers")
+        check_out_file(args.out, args.overwrite)
         scores = score_reader_study(args.key, list(args.answers))
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        print(f"medsd reader_study: error: {e}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        print(f"medsd reader_study: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     text = json.dumps(scores, indent=2)
     if args.out:
@@ -124,9 +136,17 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="medsd reader_study", description=HELP + ".")
+    from medsd.errors import MedsdError, OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="medsd reader_study", description=HELP + ".")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except MedsdError as e:
+        print(f"medsd reader_study: error: {e}", file=sys.stderr)
+        return 2
+    return run(args)
 
 
 if __name__ == "__main__":

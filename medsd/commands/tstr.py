@@ -16,8 +16,23 @@ import sys
 import time
 from pathlib import Path
 
+from .common import value_ranges
 from .experiments import sample_rows_figure, short_ddpm_run_fields
 
+TSTR_RANGES = value_ranges(
+    at_least={
+        "resolution": 8,
+        "max_train_steps": 1,
+        "train_batch_size": 1,
+        "num_synthetic": 2,
+        "num_inference_steps": 1,
+        "max_real_train": 2,
+        "classifier_epochs": 1,
+        "bootstrap": 1,
+    },
+    positive=("learning_rate",),
+)
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 HELP = "train-on-synthetic, test-on-real: class-wise DDPMs, then classifiers on real / synthetic / both"
 
 
@@ -47,12 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--classifier_epochs", type=int, default=15)
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for the 95%% CIs")
-    p.add_argument("--mixed_precision", default="auto")
+    p.add_argument("--mixed_precision", default="auto", choices=MIXED_PRECISIONS)
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the split, the DDPMs, sampling and classifiers"
     )
     p.add_argument("--overwrite_output_dir", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, value_ranges=TSTR_RANGES)
 
 
 def _slug(name: str) -> str:
@@ -169,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_threads=1,
     )
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "value_ranges")}
     report = {
         "command": "medsd tstr " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         if len(sys.argv) > 1 and sys.argv[1] == "tstr"

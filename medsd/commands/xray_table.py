@@ -6,6 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from .common import add_allow_pickle, add_overwrite, check_out_dir, value_ranges
+
+XRAY_TABLE_RANGES = value_ranges(
+    at_least={"size": 8, "num_images": 2, "max_pairs": 1, "num_inference_steps": 1}
+)
+RESULT_FILES = ("xray_table.json", "xray_table.md")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -35,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num_inference_steps", type=int, default=25)
     p.add_argument("--out", default="outputs/xray_table")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run)
+    add_allow_pickle(p)
+    add_overwrite(p, "xray_table.json and xray_table.md")
+    p.set_defaults(func=run, value_ranges=XRAY_TABLE_RANGES)
 
 
 def _fake_set(source: str, args: argparse.Namespace):
@@ -48,7 +57,8 @@ def _fake_set(source: str, args: argparse.Namespace):
     if (path / "model_index.json").is_file():
         from medsd.pipelines.ddpm import MedDDPMPipeline
 
-        pipe = MedDDPMPipeline.from_pretrained(path).to("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = MedDDPMPipeline.from_pretrained(path, allow_pickle=args.allow_pickle)
+        pipe.to("cuda" if torch.cuda.is_available() else "cpu")
         images = pipe(
             batch_size=args.num_images,
             num_inference_steps=args.num_inference_steps,
@@ -76,8 +86,16 @@ def _mean_pairs(a, b, max_pairs: int, seed: int, same: bool = False) -> tuple[fl
 
 
 def run(args: argparse.Namespace) -> int:
-
+    out = check_out_dir(args.out, RESULT_FILES, args.overwrite)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if not classes:
+        raise ValueError(f"--classes: expected comma-separated class labels, got {args.classes!r}")
+    for spec in args.fake:
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise ValueError(f"--fake {spec!r}: expected NAME=SOURCE")
+        if not Path(source).exists() and not source.startswith("hf:"):
+            raise FileNotFoundError(f"--fake {spec}: {source} does not exist")
     from medsd.metrics.io import load_subsampled
 
     real = {
@@ -106,9 +124,11 @@ def run(args: argparse.Namespace) -> int:
             same = set_name == f"real {c}"
             mse, ssim = _mean_pairs(images, real[c], args.max_pairs, args.seed, same=same)
             rows.append({"set": set_name, "versus": f"real {c}", "mse": mse, "ssim": ssim, "n": len(images)})
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"settings": {k: v for k, v in vars(args).items() if k != "func"}, "rows": rows}
+    report = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "value_ranges")},
+        "rows": rows,
+    }
     (out / "xray_table.json").write_text(json.dumps(report, indent=1))
     lines = ["| images | compared with | MSE ↓ | SSIM ↑ |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['set']} (n={r['n']}) | {r['versus']} | {r['mse']:.4f} | {r['ssim']:.4f} |" for r in rows]

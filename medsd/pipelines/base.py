@@ -18,6 +18,10 @@ How a folder names its class:
 - every other medsd pipeline is saved as ``"_class_name": ["pipeline_medsd", "<class>"]`` beside a two-line
   ``pipeline_medsd.py`` that imports the class from medsd: diffusers' own mechanism for pipelines that are not
   part of diffusers (``trust_remote_code=True``).
+
+medsd's own ``from_pretrained`` never runs that file (nor any code from a folder): it takes the class from the
+installed medsd, checks the folder first (:mod:`medsd.pipelines.folder`: allowed component libraries only,
+safetensors weights unless ``allow_pickle=True``) and never passes ``trust_remote_code`` to diffusers.
 """
 
 from __future__ import annotations
@@ -30,11 +34,19 @@ from typing import Any, ClassVar, Union
 from diffusers import DiffusionPipeline, SchedulerMixin, UNet2DModel
 
 from medsd.data.intensity import IntensityMapping, mapping_from_dict
+from medsd.errors import MedsdConfigError
 from medsd.models.light_unet import LightUNet2DModel
 
-SHIM_MODULE = "pipeline_medsd"
-LEGACY_INTENSITY_FILE = "intensity_mapping.json"  # folders saved by medsd <= 0.3 (read, never written)
-LEGACY_METADATA_FILE = "medsd.json"
+from .folder import (
+    LEGACY_INTENSITY_FILE,
+    LEGACY_METADATA_FILE,
+    SHIM_MODULE,
+    ModelFolderError,
+    check_pipeline_folder,
+)
+from .output import resolve_local_dir
+
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 
 _SHIM = '''"""Inference script for a medsd pipeline (loaded by diffusers' DiffusionPipeline.from_pretrained).
 
@@ -71,6 +83,8 @@ class MedPipelineMixin:
     """
 
     _call_example: ClassVar[str] = "batch_size=4"
+    _folder_class_names: ClassVar[tuple[str, ...]] = ()
+    """``_class_name`` values besides the class's own that ``from_pretrained`` opens (stock diffusers ones)."""
 
     def register_medsd_state(self, intensity_mapping: Any = None, medsd_metadata: dict | None = None) -> None:
         self.register_to_config(  # type: ignore[attr-defined]
@@ -115,21 +129,46 @@ class MedPipelineMixin:
             shim.unlink()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        """diffusers' ``from_pretrained`` (every argument of it works: ``torch_dtype``, ``variant``,
-        ``use_safetensors``, ``low_cpu_mem_usage``, ``device_map``, ...).
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, allow_pickle: bool = False, **kwargs: Any
+    ):
+        """diffusers' ``from_pretrained`` on a checked folder (every diffusers argument works: ``torch_dtype``,
+        ``variant``, ``use_safetensors``, ``low_cpu_mem_usage``, ``device_map``, ...).
 
-        medsd's own ``pipeline_medsd.py`` (checked to be exactly the two import lines medsd writes) is trusted
-        without ``trust_remote_code``; any other custom code still needs it. Folders saved by medsd <= 0.3
+        A Hub id is downloaded first (``revision``, ``token``, ``cache_dir``, ``local_files_only``). The folder
+        is checked by :func:`medsd.pipelines.folder.check_pipeline_folder`: no code from it is run (the class
+        is this one, from the installed medsd), components come from allowed libraries only, and pickle
+        weights are refused unless ``allow_pickle=True``. Folders saved by medsd <= 0.3
         (``intensity_mapping.json`` / ``medsd.json`` side files) are read too.
         """
-        folder = Path(pretrained_model_name_or_path)
-        if folder.is_dir() and "trust_remote_code" not in kwargs:
-            kwargs["trust_remote_code"] = _is_own_shim(folder, cls)
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)  # type: ignore[misc]
-        if folder.is_dir():
-            _read_legacy_side_files(pipe, folder)
+        if kwargs.pop("trust_remote_code", False):
+            raise MedsdConfigError(
+                "trust_remote_code: medsd never runs code that comes with a model folder; open the folder with "
+                "diffusers.DiffusionPipeline.from_pretrained(..., trust_remote_code=True) if you trust it"
+            )
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        folder = resolve_local_dir(pretrained_model_name_or_path, **hub_kwargs)
+        check_pipeline_folder(folder, cls, allow_pickle=allow_pickle, passed=set(kwargs))
+        if not allow_pickle:
+            if kwargs.get("use_safetensors") is False:
+                raise MedsdConfigError(
+                    "use_safetensors=False loads pickle weights; pass allow_pickle=True too"
+                )
+            kwargs["use_safetensors"] = True
+        pipe = super().from_pretrained(folder, **kwargs)  # type: ignore[misc]
+        _read_legacy_side_files(pipe, folder)
         return pipe
+
+    @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' ``load_config``, with a ``[module, "<class>"]`` class name read as ``"<class>"``: diffusers
+        then builds this class instead of importing ``<module>.py`` (``pipeline_medsd.py``) from the folder."""
+        result = super().load_config(*args, **kwargs)  # type: ignore[misc]
+        config = result[0] if isinstance(result, tuple) else result
+        name = config.get("_class_name") if isinstance(config, dict) else None
+        if isinstance(name, list) and len(name) == 2:
+            config["_class_name"] = name[1]
+        return result
 
 
 class MedUNetPipeline(MedPipelineMixin, DiffusionPipeline):
@@ -149,21 +188,19 @@ class MedUNetPipeline(MedPipelineMixin, DiffusionPipeline):
         self.register_medsd_state(intensity_mapping, medsd_metadata)
 
 
-def _is_own_shim(folder: Path, klass: type) -> bool:
-    index_path, shim = folder / "model_index.json", folder / f"{SHIM_MODULE}.py"
-    if not (index_path.is_file() and shim.is_file()):
-        return False
-    name = json.loads(index_path.read_text()).get("_class_name")
-    if name != [SHIM_MODULE, klass.__name__]:
-        return False
-    return shim.read_text() == shim_text(klass)
-
-
 def _read_legacy_side_files(pipe: Any, folder: Path) -> None:
+    """Side files of folders saved by medsd <= 0.3 (checked by ``check_medsd_state`` before loading)."""
     if pipe.config.get("intensity_mapping") is None and (folder / LEGACY_INTENSITY_FILE).is_file():
         pipe.intensity_mapping = json.loads((folder / LEGACY_INTENSITY_FILE).read_text())
     if not pipe.config.get("medsd_metadata") and (folder / LEGACY_METADATA_FILE).is_file():
         pipe.medsd_metadata = json.loads((folder / LEGACY_METADATA_FILE).read_text())
 
 
-__all__ = ["MedPipelineMixin", "MedUNetPipeline", "DiffusionPipeline", "mapping_to_config", "shim_text"]
+__all__ = [
+    "DiffusionPipeline",
+    "MedPipelineMixin",
+    "MedUNetPipeline",
+    "ModelFolderError",
+    "mapping_to_config",
+    "shim_text",
+]

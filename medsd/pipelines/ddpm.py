@@ -74,6 +74,9 @@ class MedDDPMPipeline(MedUNetPipeline):
     ``diffusers.DDPMPipeline.from_pretrained(folder)`` opens it without medsd.
     """
 
+    _folder_class_names = ("DDPMPipeline",)
+    """Class names of the folders this class opens besides its own (stock diffusers DDPM folders)."""
+
     def _saved_class_name(self) -> str | list[str]:
         if type(self) is MedDDPMPipeline and type(self.unet) is UNet2DModel:
             return "DDPMPipeline"

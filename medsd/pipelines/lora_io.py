@@ -15,19 +15,23 @@ from typing import Any
 from medsd.data.intensity import mapping_from_dict
 from medsd.errors import MedsdConfigError
 
-INTENSITY_FILE = "intensity_mapping.json"
+from .folder import (
+    LEGACY_INTENSITY_FILE,
+    LORA_INFO_FILE,
+    LORA_WEIGHTS_FILE,
+    check_intensity_mapping,
+    check_lora_folder,
+    read_json_file,
+)
+from .output import looks_like_path
 
-LORA_INFO_FILE = "medsd_lora.json"
-LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+INTENSITY_FILE = LEGACY_INTENSITY_FILE
 
 
 def read_lora_info(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """``medsd_lora.json`` of a folder, or None when it has none."""
-    path = Path(folder) / LORA_INFO_FILE
-    if not path.is_file():
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """``medsd_lora.json`` of a folder (checked: a JSON object with a valid mapping), or None when it has none."""
+    folder = Path(folder)
+    return check_lora_folder(folder) if (folder / LORA_INFO_FILE).is_file() else None
 
 
 def is_lora_folder(folder: str | os.PathLike) -> bool:
@@ -40,7 +44,11 @@ def intensity_mapping_of(folder: str | os.PathLike, info: dict[str, Any] | None 
     if info and info.get("intensity_mapping"):
         return mapping_from_dict(info["intensity_mapping"])
     path = Path(folder) / INTENSITY_FILE
-    return mapping_from_dict(json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    value = read_json_file(path, "an intensity mapping object")
+    check_intensity_mapping(value, str(path))
+    return mapping_from_dict(value)
 
 
 def load_base_pipeline(
@@ -65,7 +73,8 @@ def load_lora_pipeline(
     """(base pipeline with the LoRA of ``lora_dir`` loaded, the folder's medsd_lora.json).
 
     The base comes from ``base_model`` when given, else from ``medsd_lora.json`` (with its revision and
-    variant). A ``TextToXRayPipeline`` by default, carrying the folder's intensity mapping and metadata.
+    variant). A ``TextToXRayPipeline`` by default, carrying the folder's intensity mapping and metadata;
+    ``allow_pickle`` and every diffusers argument in ``kwargs`` go to the base model's ``from_pretrained``.
     """
     lora_dir = Path(lora_dir)
     info = read_lora_info(lora_dir) or {}
@@ -73,6 +82,12 @@ def load_lora_pipeline(
     if not base:
         raise MedsdConfigError(
             f"{lora_dir} names no base model ({LORA_INFO_FILE} missing or without 'base_model'); pass base_model="
+        )
+    if looks_like_path(str(base)) and not Path(base).is_dir():
+        source = "base_model=" if base_model else f"{lora_dir / LORA_INFO_FILE}: 'base_model'"
+        raise MedsdConfigError(
+            f"{source} {base} does not exist; expected the Stable Diffusion folder (or Hub id) the LoRA was "
+            "trained on"
         )
     if base_model is None:
         for key in ("revision", "variant"):

@@ -40,13 +40,26 @@ def postprocess(images: torch.Tensor, output_type: str = "pil", mapping: Any = N
     return [Image.fromarray(np.round(x * 255).astype(np.uint8), mode="L") for x in x01]
 
 
+def looks_like_path(name: str) -> bool:
+    """True for a string that can only be a local path (a Hub id is ``name`` or ``owner/name``)."""
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+        or Path(name).is_absolute()
+        or name.strip() == ""
+    )
+
+
 def resolve_local_dir(path_or_id: str | os.PathLike, **hub_kwargs: Any) -> Path:
     """A local folder for a path or a Hub id (downloaded with ``snapshot_download``)."""
     p = Path(path_or_id)
     if p.is_dir():
         return p
     if p.exists():
-        raise NotADirectoryError(f"{p} is a file; expected a pipeline folder or a Hub model id")
+        raise NotADirectoryError(f"{p} is a file; expected a model folder or a Hub model id")
+    if isinstance(path_or_id, os.PathLike) or looks_like_path(str(path_or_id)):
+        raise FileNotFoundError(f"model folder {p} does not exist; expected a model folder or a Hub model id")
     from huggingface_hub import snapshot_download
 
     try:

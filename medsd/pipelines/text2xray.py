@@ -49,6 +49,8 @@ class TextToXRayPipeline(MedPipelineMixin, StableDiffusionPipeline):
     Saved folders name ``StableDiffusionPipeline``: stock diffusers opens them; medsd reopens them as this class.
     """
 
+    _folder_class_names = ("StableDiffusionPipeline",)
+
     def __init__(
         self,
         vae: Any,

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from medsd.errors import MedsdConfigError, OneLineArgumentParser, check_values
+
 T = TypeVar("T")
 SECRET_FIELDS = ("hub_token",)
 """Never written to training_config.yaml nor logged."""
@@ -105,11 +107,27 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _type_name(tp: Any) -> str:
+    """How an error names the type a field expects ("an integer", "a list of str", ...)."""
+    base, optional = _unwrap_optional(tp)
+    name = _TYPE_NAMES.get(base)
+    if name is None:
+        origin = typing.get_origin(base)
+        args = ", ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(base))
+        name = f"a {getattr(origin, '__name__', None) or getattr(base, '__name__', str(base))}" + (
+            f" of {args}" if args else ""
+        )
+    return f"{name} (or none)" if optional else name
+
+
 def _convert(value: Any, tp: Any, name: str) -> Any:
     base, optional = _unwrap_optional(tp)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
         if not optional and value is None:
-            raise ValueError(f"config field '{name}': expected {base}, got None")
+            raise ValueError(f"{name}: expected {_type_name(tp)}, got None")
         return None
     origin = typing.get_origin(base)
     try:
@@ -120,8 +138,13 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError
+            if value not in (0, 1) or isinstance(value, float | list | dict):
+                raise ValueError
             return bool(value)
         if base in (int, float, str):
+            # YAML gives true/false, lists and mappings their own types: never silently cast them
+            if isinstance(value, bool | list | dict) and not (base is str and isinstance(value, bool)):
+                raise ValueError
             if base is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return base(value)
@@ -134,7 +157,7 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
         if origin is dict or base is dict:
             return json.loads(value) if isinstance(value, str) else dict(value)
     except (TypeError, ValueError):
-        raise ValueError(f"config field '{name}': expected {base}, got {value!r}") from None
+        raise ValueError(f"{name}: expected {_type_name(tp)}, got {value!r}") from None
     return value
 
 
@@ -143,24 +166,62 @@ def settable_fields(cls: Any) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init]
 
 
-def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build ``cls`` from a mapping, converting types and rejecting unknown keys with a clear error."""
+def unknown_keys_error(source: str, unknown: list[str], known: Any) -> str:
+    """``SOURCE: unknown field 'x' (did you mean 'y'?)``, or the known fields when nothing is close."""
+    import difflib
+
+    known = sorted(known)
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    tail = "" if all("did you mean" in p for p in parts) else f"; known fields: {known}"
+    return f"{source}: unknown field{'s' if len(parts) > 1 else ''} {', '.join(parts)}{tail}"
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config", flags: Any = ()) -> T:
+    """Build ``cls`` from a mapping, converting types and rejecting unknown keys with a clear error.
+
+    An error names ``SOURCE: key`` (e.g. the YAML file), or ``--key`` for the keys in ``flags``.
+    """
     fields = {f.name: f for f in settable_fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ValueError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(fields)}")
-    kwargs = {k: _convert(v, _field_type(cls, fields[k]), k) for k, v in data.items()}
+        raise MedsdConfigError(unknown_keys_error(source, unknown, fields))
+    kwargs = {}
+    for k, v in data.items():
+        try:
+            kwargs[k] = _convert(v, _field_type(cls, fields[k]), k)
+        except ValueError as e:
+            raise MedsdConfigError(f"--{e}" if k in flags else f"{source}: {e}") from None
     return cls(**kwargs)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file; every problem is one line naming the file (and the line
+    and column of a syntax error)."""
     path = Path(path)
+    if path.is_dir():
+        raise MedsdConfigError(f"--config {path} is a folder; expected a YAML file of field: value lines")
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        raise MedsdConfigError(f"--config {path} does not exist; expected a YAML file of field: value lines")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise MedsdConfigError(f"{path}: not a text file; expected YAML field: value lines") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise MedsdConfigError(
+            f"{path}: YAML syntax error{where} ({problem}); expected field: value lines"
+        ) from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of field: value at the top level")
+        raise MedsdConfigError(
+            f"{path}: expected a mapping of field: value at the top level, got a {type(data).__name__}"
+        )
     return data
 
 
@@ -206,15 +267,16 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     if getattr(args, "config", None):
         data.update(load_yaml(args.config))
     names = {f.name for f in settable_fields(cls)}
-    data.update({k: v for k, v in vars(args).items() if k in names})
-    return config_from_dict(cls, data, source=getattr(args, "config", None) or "command line")
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    data.update(flags)
+    return config_from_dict(cls, data, source=getattr(args, "config", None) or "command line", flags=flags)
 
 
 def parse_config(
     cls: type[T], argv: list[str] | None = None, description: str | None = None, prog: str | None = None
 ) -> T:
     """Parse ``--config FILE`` and per-field flags into ``cls``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__)
+    parser = OneLineArgumentParser(prog=prog, description=description or cls.__doc__)
     add_config_arguments(parser, cls)
     config = config_from_args(cls, parser.parse_args(argv))
     if isinstance(config, TrainConfig):
@@ -270,20 +332,11 @@ def check_ranges(config: TrainConfig) -> None:
     """Refuse, in one line naming the flag, a value the loop cannot use (e.g. ``--max_train_steps 0``
     would save the random initial weights as a finished model; ``--gradient_accumulation_steps 0`` would
     never run a backward pass)."""
-    from medsd.errors import MedsdConfigError
 
     def bad(name: str, expected: str) -> MedsdConfigError:
         return MedsdConfigError(f"--{name}: expected {expected}, got {getattr(config, name)!r}")
 
-    for name, low in _AT_LEAST.items():
-        if getattr(config, name) < low:
-            raise bad(name, f"a number >= {low}")
-    for name in _POSITIVE:
-        if not getattr(config, name) > 0:
-            raise bad(name, "a number > 0")
-    for name in _UNIT_INTERVAL:
-        if not 0 <= getattr(config, name) <= 1:
-            raise bad(name, "a number in [0, 1]")
+    check_values(config, at_least=_AT_LEAST, positive=_POSITIVE, unit_interval=_UNIT_INTERVAL)
     if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
         raise bad("checkpoints_total_limit", "a number >= 1 (or none for no limit)")
     if config.mixed_precision not in MIXED_PRECISIONS:
