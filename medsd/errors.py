@@ -26,8 +26,10 @@ def check_values(
     positive: tuple[str, ...] = (),
     unit_interval: tuple[str, ...] = (),
     at_most: dict[str, float] | None = None,
+    one_of: dict[str, typing.Sequence[Any]] | None = None,
 ) -> None:
-    """Refuse, in one line naming the flag (``--name: expected a number >= 1, got 0``), a value out of range.
+    """Refuse, in one line naming the flag (``--name: expected a number >= 1, got 0``), a value out of range
+    or (``one_of``) not among the choices.
 
     ``values`` is a config dataclass or an ``argparse.Namespace``; a value of None (an optional flag not given)
     passes. Used by :func:`check_ranges` for training and by every ``medsd`` command for its numeric flags
@@ -52,6 +54,9 @@ def check_values(
     for name in unit_interval:
         if given(name) and not 0 <= getattr(values, name) <= 1:
             raise bad(name, "a number in [0, 1]")
+    for name, choices in (one_of or {}).items():
+        if given(name) and getattr(values, name) not in choices:
+            raise bad(name, "one of " + " / ".join(map(str, choices)))
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

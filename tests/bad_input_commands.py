@@ -661,6 +661,48 @@ CLI_CASES = [
         absent=("ab",),
     ),
     Case(
+        "train_ddpm_beta_schedule_nope",
+        lambda t: ["train", "ddpm", "--output_dir", str(t / "run"), "--beta_schedule", "nope"],
+        names=("--beta_schedule: expected one of", "squaredcos_cap_v2", "got 'nope'"),
+        absent=("run",),
+    ),
+    Case(
+        "train_ddpm_crop_middle",
+        lambda t: ["train", "ddpm", "--output_dir", str(t / "run"), "--crop", "middle"],
+        names=("--crop: expected one of", "center / random", "got 'middle'"),
+        absent=("run",),
+    ),
+    Case(
+        "train_ddpm_prediction_type_noise",
+        lambda t: ["train", "ddpm", "--output_dir", str(t / "run"), "--prediction_type", "noise"],
+        names=("--prediction_type: expected one of", "v_prediction", "got 'noise'"),
+        absent=("run",),
+    ),
+    Case(
+        "train_cddpm_intensity_log",
+        lambda t: ["train", "cddpm", "--output_dir", str(t / "run"), "--intensity", "log"],
+        names=("--intensity: expected one of", "percentile", "got 'log'"),
+        absent=("run",),
+    ),
+    Case(
+        "train_ddpm_lr_scheduler_step",
+        lambda t: ["train", "ddpm", "--output_dir", str(t / "run"), "--lr_scheduler", "step"],
+        names=("--lr_scheduler: expected one of", "cosine", "got 'step'"),
+        absent=("run",),
+    ),
+    Case(
+        "train_sd-lora_split_training",
+        lambda t: ["train", "sd-lora", "--output_dir", str(t / "run"), "--split", "training"],
+        names=("--split: expected one of", "all", "got 'training'"),
+        absent=("run",),
+    ),
+    Case(
+        "train_cddpm_model_big-unet",
+        lambda t: ["train", "cddpm", "--output_dir", str(t / "run"), "--model", "big-unet"],
+        names=("--model: expected one of", "light-tiny", "got 'big-unet'"),
+        absent=("run",),
+    ),
+    Case(
         "train_yaml_syntax_error",
         lambda t: ["train", "ddpm", "--config", yaml_file(t, "output_dir: run\n  seed: 3\n")],
         names=("c.yaml", "YAML syntax error at line 2"),

@@ -328,6 +328,27 @@ _UNIT_INTERVAL = ("adam_beta1", "adam_beta2", "ema_decay")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The string flags with a fixed set of values, checked before anything is loaded (a wrong one used to
+    surface as a traceback from the scheduler, or after the data was decoded, or not at all)."""
+    from diffusers.optimization import SchedulerType
+
+    from medsd.data.build import INTENSITY_CHOICES, SPLITS
+    from medsd.models import PRESETS
+
+    from .task import PREDICTION_TYPES
+
+    return {
+        "lr_scheduler": tuple(s.value for s in SchedulerType),
+        "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"),
+        "prediction_type": PREDICTION_TYPES,
+        "crop": ("center", "random"),
+        "intensity": INTENSITY_CHOICES,
+        "split": (*SPLITS, "all"),
+        "model": tuple(sorted(PRESETS)),
+    }
+
+
 def check_ranges(config: TrainConfig) -> None:
     """Refuse, in one line naming the flag, a value the loop cannot use (e.g. ``--max_train_steps 0``
     would save the random initial weights as a finished model; ``--gradient_accumulation_steps 0`` would
@@ -336,7 +357,13 @@ def check_ranges(config: TrainConfig) -> None:
     def bad(name: str, expected: str) -> MedsdConfigError:
         return MedsdConfigError(f"--{name}: expected {expected}, got {getattr(config, name)!r}")
 
-    check_values(config, at_least=_AT_LEAST, positive=_POSITIVE, unit_interval=_UNIT_INTERVAL)
+    check_values(
+        config,
+        at_least=_AT_LEAST,
+        positive=_POSITIVE,
+        unit_interval=_UNIT_INTERVAL,
+        one_of={k: v for k, v in _choices().items() if hasattr(config, k)},
+    )
     if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
         raise bad("checkpoints_total_limit", "a number >= 1 (or none for no limit)")
     if config.mixed_precision not in MIXED_PRECISIONS:
