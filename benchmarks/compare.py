@@ -937,6 +937,7 @@ def workload_sample_cddpm(ctx: dict[str, Any]) -> dict[str, Any]:
     med.set_progress_bar_config(disable=True)
     cond = sr_condition(4)(torch.rand(b, 1, res, res, device=device) * 2 - 1)
     stock_scheduler = type(scheduler).from_config(scheduler.config)
+    dtype = medsd_autocast_dtype(ctx)
 
     @torch.no_grad()
     def run_stock() -> Any:
@@ -951,7 +952,14 @@ def workload_sample_cddpm(ctx: dict[str, Any]) -> dict[str, Any]:
 
     def run_medsd() -> Any:
         g = torch.Generator(device="cpu").manual_seed(0)
-        return med(image=cond, num_inference_steps=steps, generator=g, output_type="np", task="sr").images
+        return med(
+            image=cond,
+            num_inference_steps=steps,
+            generator=g,
+            output_type="np",
+            task="sr",
+            autocast_dtype=dtype,
+        ).images
 
     ta, tb, ma, mb = _time_calls(run_stock, run_medsd, cfg["sample_rounds"], device)
     flops = steps * count_flops(lambda: unet(torch.cat([cond, cond], dim=1), 10))
@@ -959,7 +967,7 @@ def workload_sample_cddpm(ctx: dict[str, Any]) -> dict[str, Any]:
     out = finish(
         "sample_cddpm",
         summarise_sampling(ta, b, flops, peaks["no"], ma, "no"),
-        summarise_sampling(tb, b, flops, peaks["no"], mb, "no"),
+        summarise_sampling(tb, b, flops, peaks[_prec_of(dtype)], mb, _prec_of(dtype)),
         "img_s",
     )
     out["model"] = f"{cfg['cddpm_model']} sr x4, DDPM {steps} steps"

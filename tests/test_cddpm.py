@@ -211,3 +211,15 @@ def test_save_load_round_trip_gives_identical_output(tmp_path):
     plain.set_progress_bar_config(disable=True)
     assert type(plain).__name__ == "MedCDDPMPipeline" and plain.task == "inpaint"  # inferred from 2 channels
     assert torch.equal(run(plain), ref)
+
+
+def test_bf16_autocast_runs_the_unet_in_bf16_and_keeps_float32_images():
+    pipe, cond = tiny_pipe("denoise", t=20), images(1)
+
+    def run(**kw):
+        g = torch.Generator().manual_seed(0)
+        return pipe(cond, num_inference_steps=5, generator=g, output_type="pt", **kw).images
+
+    full, fast = run(), run(autocast_dtype=torch.bfloat16)
+    assert fast.dtype == torch.float32
+    assert 0 < (fast - full).abs().max().item() < 0.1

@@ -328,3 +328,11 @@ def test_skipped_bad_images_are_listed_when_training_ends(tmp_path, capsys):
     train_ddpm(DDPMTrainConfig(output_dir=str(tmp_path / "b"), skip_bad_images=True, **common))
     out = capsys.readouterr().out
     assert "1 image(s) were skipped" in out and "broken.png" in out
+
+
+def test_bf16_autocast_runs_the_unet_in_bf16_and_keeps_float32_images(pipe):
+    full = _sample(pipe, output_type="pt")
+    fast = _sample(pipe, output_type="pt", autocast_dtype=torch.bfloat16)
+    assert fast.dtype == torch.float32
+    diff = (fast - full).abs().max().item()
+    assert 0 < diff < 0.1  # bf16 arithmetic (so not identical), close to fp32

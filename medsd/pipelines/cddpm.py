@@ -219,6 +219,7 @@ class MedCDDPMPipeline(MedUNetPipeline):
         sampler: str | None = None,
         image_size: int | tuple[int, int] | None = None,
         return_dict: bool = True,
+        autocast_dtype: torch.dtype | None = None,
     ) -> MedCDDPMPipelineOutput | tuple:
         """Draw ``num_samples`` restorations of each degraded image.
 
@@ -237,6 +238,8 @@ class MedCDDPMPipeline(MedUNetPipeline):
             sampler: "ddpm", "ddim" or "dpm": sample with a scheduler built from this pipeline's scheduler config
                 (the pipeline's own scheduler is left unchanged). Default: the pipeline's scheduler.
             image_size: super-resolution output size (default: the U-Net's ``sample_size``).
+            autocast_dtype: run the U-Net under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16`` on
+                CPUs with native bf16); the sampler's arithmetic stays in the image dtype.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -266,7 +269,8 @@ class MedCDDPMPipeline(MedUNetPipeline):
         timesteps = scheduler.timesteps
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = scheduler.scale_model_input(x, t)
-            eps = denoise(self.unet, model_input, cond_rep, t)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                eps = denoise(self.unet, model_input, cond_rep, t).to(x.dtype)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
             if inpaint and i + 1 < len(timesteps):
                 noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
