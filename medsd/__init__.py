@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "MedImageError": "medsd.data.errors",
     "MedsdError": "medsd.errors",
     "MedsdConfigError": "medsd.errors",
+    "MissingPackageError": "medsd.data.errors",
     "IntensityMapping": "medsd.data.intensity",
     "WindowMapping": "medsd.data.intensity",
     "MinMaxMapping": "medsd.data.intensity",
@@ -89,6 +90,7 @@ _EXPORTS: dict[str, str] = {
     "cohen_kappa": "medsd.metrics.reader_study",
     # text-to-X-ray
     "MedPipeline": "medsd.pipelines.auto",
+    "ModelFolderError": "medsd.pipelines.folder",
     "TextToXRayPipeline": "medsd.pipelines.text2xray",
     "TextToXRayPipelineOutput": "medsd.pipelines.text2xray",
     "export_merged_pipeline": "medsd.pipelines.lora_io",
@@ -103,6 +105,9 @@ _EXPORTS: dict[str, str] = {
     "UNetDiffusionTask": "medsd.training.diffusion_task",
     "UNetDiffusionArgs": "medsd.training.diffusion_task",
     "NonFiniteLossError": "medsd.training.core",
+    "CheckpointWriteError": "medsd.training.checkpoints",
+    "TrainingInterrupted": "medsd.training.signals",
+    "OutputDirInUseError": "medsd.training.run_guard",
     "train": "medsd.training.core",
     "DDPMTrainConfig": "medsd.training.ddpm",
 }
