@@ -1273,9 +1273,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--channels_last", action="store_true", help="medsd --channels_last (a lever)")
     p.add_argument("--compile", action="store_true", help="medsd --torch_compile (a lever)")
     p.add_argument("--seed", type=int, default=0)
-    for k in ("resolution", "batch", "num_images", "sample_batch", "sample_steps"):
+    for k in (
+        "resolution",
+        "batch",
+        "num_images",
+        "sample_batch",
+        "sample_steps",
+        "sd_resolution",
+        "sd_batch",
+    ):
         p.add_argument(f"--{k}", type=int, default=None)
     p.add_argument("--unet", default=None, help="UNet2DModel preset of ddpm_unet2d / sample_ddpm")
+    p.add_argument("--sd_size", default=None, help="random Stable Diffusion size: tiny or sd-v1.5")
     g = p.add_argument_group("time_to_quality")
     g.add_argument("--ttq_minutes", type=float, default=60.0, help="training budget in minutes")
     g.add_argument("--ttq_segment_steps", type=int, default=500, help="steps between FD evaluations")
@@ -1310,6 +1319,9 @@ def main(argv: list[str] | None = None) -> int:
         "sample_batch",
         "sample_steps",
         "unet",
+        "sd_size",
+        "sd_resolution",
+        "sd_batch",
     ):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
