@@ -105,3 +105,4 @@ def test_time_to_quality_runs_tiny(tmp_path):
     r = json.loads((tmp_path / "compare.json").read_text())["results"][0]
     assert [c["step"] for c in r["curve"]] == [2, 4]
     assert all(c["train_minutes"] > 0 and math.isfinite(c["radiomics_fd"]) for c in r["curve"])
+    assert math.isfinite(r["real_vs_real_fd"]) and r["real_vs_real_fd"] >= 0
