@@ -37,13 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument(
         "--intensity",
         default=None,
-        help="intensity mapping, as in training: window (default; see --window), minmax or percentile",
+        help="intensity mapping, as in training: auto (default: chosen from the data, e.g. 0..255 for 8-bit), "
+        "window (see --window), minmax or percentile",
     )
     io.add_argument(
         "--window",
         default=None,
         metavar="LOW,HIGH",
-        help="window of --intensity window in native units (default 0,255), e.g. the training window",
+        help="window of --intensity window in native units, e.g. the training window",
     )
     io.add_argument(
         "--max_images",
