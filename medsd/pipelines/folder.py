@@ -30,9 +30,8 @@ MODEL_INDEX = "model_index.json"
 SHIM_MODULE = "pipeline_medsd"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 LORA_INFO_FILE = "medsd_lora.json"
-LEGACY_INTENSITY_FILE = (
-    "intensity_mapping.json"  # folders saved before the mapping moved into the config (read, never written)
-)
+# folders saved before the mapping moved into the config (read, never written)
+LEGACY_INTENSITY_FILE = "intensity_mapping.json"
 LEGACY_METADATA_FILE = "medsd.json"
 CHECKPOINT_META = "medsd_checkpoint.json"  # written by medsd.training.checkpoints
 CHECKPOINT_PREFIX = "checkpoint-"
