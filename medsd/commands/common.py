@@ -8,6 +8,8 @@ and :func:`check_device` for a ``--device`` flag, right after parsing.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,27 @@ def check_args(args: argparse.Namespace) -> None:
         check_values(args, **ranges)
     if getattr(args, "device", None) is not None:
         check_device(args.device)
+
+
+def standalone_main(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str] | None = None,
+) -> int:
+    """``python -m medsd.commands.X``: parse, run :func:`check_args` (a refusal is one line, exit 2), then ``run``."""
+    from medsd.errors import MedsdError, OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except MedsdError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return run(args)
 
 
 def check_device(name: str) -> str:

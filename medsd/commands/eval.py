@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import check_args, check_input_path, check_out_dir, value_ranges
+from .common import check_input_path, check_out_dir, standalone_main, value_ranges
 
 HELP = "evaluate synthetic images against real ones (distribution, quality, diversity, memorisation)"
 
@@ -216,17 +216,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from medsd.errors import MedsdError, OneLineArgumentParser
-
-    parser = OneLineArgumentParser(prog="medsd eval", description=HELP + ".")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        check_args(args)
-    except MedsdError as e:
-        print(f"medsd eval: error: {e}", file=sys.stderr)
-        return 2
-    return run(args)
+    return standalone_main("medsd eval", HELP + ".", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

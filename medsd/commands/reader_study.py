@@ -14,7 +14,14 @@ import argparse
 import json
 import sys
 
-from .common import add_overwrite, check_args, check_input_path, check_out_dir, check_out_file, value_ranges
+from .common import (
+    add_overwrite,
+    check_input_path,
+    check_out_dir,
+    check_out_file,
+    standalone_main,
+    value_ranges,
+)
 
 HELP = "export a blinded real-vs-synthetic reader study, or score its answer sheets"
 
@@ -136,17 +143,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from medsd.errors import MedsdError, OneLineArgumentParser
-
-    parser = OneLineArgumentParser(prog="medsd reader_study", description=HELP + ".")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        check_args(args)
-    except MedsdError as e:
-        print(f"medsd reader_study: error: {e}", file=sys.stderr)
-        return 2
-    return run(args)
+    return standalone_main("medsd reader_study", HELP + ".", add_arguments, run, argv)
 
 
 if __name__ == "__main__":
