@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medsd.data.splits import SPLIT_CHOICES
+
 from .common import check_input_path, check_out_dir, standalone_main, value_ranges
 
 HELP = "evaluate synthetic images against real ones (distribution, quality, diversity, memorisation)"
@@ -52,6 +54,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="subsample each set to at most N (seeded random; label-proportional and spread over patients for CSVs)",
     )
+    io.add_argument(
+        "--max_train_images",
+        type=int,
+        default=None,
+        help="subsample --train to at most N (default: every training image is audited)",
+    )
+    for name in ("real", "fake", "train"):
+        io.add_argument(
+            f"--{name}_split",
+            default="all",
+            choices=SPLIT_CHOICES,
+            help=f"part of --{name}'s patient-level split, as training splits it with the same --seed "
+            "(heldout = val and test: patients a model trained on the train split never saw; default all)",
+        )
     io.add_argument("--size", type=int, default=128, help="working resolution in px (default 128)")
     io.add_argument("--seed", type=int, default=0)
     m = p.add_argument_group("metrics")
@@ -111,6 +127,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--downstream_epochs", type=int, default=15)
     m.add_argument(
+        "--no_c2st",
+        action="store_true",
+        help="skip the classifier two-sample test (a small CNN telling real from fake; on by default)",
+    )
+    m.add_argument("--c2st_folds", type=int, default=5, help="cross-validation folds of the C2ST (default 5)")
+    m.add_argument("--c2st_epochs", type=int, default=12, help="C2ST classifier epochs (default 12)")
+    m.add_argument(
+        "--c2st_draws",
+        type=int,
+        default=3,
+        help="random real-vs-real draws for the C2ST floor at the same size (default 3; 0 = none)",
+    )
+    m.add_argument(
         "--no_image_figures",
         action="store_true",
         help="write only plots, no figures showing images (sample grids, NN pairs)",
@@ -123,6 +152,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 EVAL_RANGES = value_ranges(
     at_least={
         "max_images": 2,
+        "max_train_images": 2,
+        "c2st_folds": 2,
+        "c2st_epochs": 1,
+        "c2st_draws": 0,
         "size": 16,
         "k": 1,
         "kid_subsets": 1,
@@ -168,6 +201,7 @@ def config_from_args(args):
         window=_window(args.window),
         lpips=args.lpips or bool(args.lpips_weights),
         image_figures=not args.no_image_figures,
+        c2st=not args.no_c2st,
         progress=not args.quiet,
     )
     return EvalConfig(**values)

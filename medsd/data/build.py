@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import SPLITS, CSVImageDataset, FolderImageDataset, _hash_part, patient_split  # noqa: F401
+from .datasets import CSVImageDataset, FolderImageDataset, _hash_part, patient_split  # noqa: F401
 from .errors import MedImageError
 from .hf_datasets import HFImageDataset, HFStreamingImageDataset  # noqa: F401
 from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, WindowMapping, default_mapping
 from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
+from .splits import HELDOUT, SPLIT_CHOICES, SPLITS  # noqa: F401
 from .transforms import ImageTransform
 
 logger = logging.getLogger("medsd.data")
@@ -140,7 +141,7 @@ class DataConfig:
     fit_samples: int = 64
     """Images a fitted intensity mapping (minmax, percentile) is fitted on."""
     split: str = "train"
-    """train, val, test or all (patient-level split of the source)."""
+    """train, val, test, heldout (val and test) or all (patient-level split of the source)."""
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     max_samples: int | None = None
@@ -249,8 +250,8 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
     Images with NaN/inf pixels, below ``min_image_size`` or beyond ``max_aspect_ratio`` raise
     ``MedImageError`` naming the file (or are skipped and listed in ``dataset.skipped``).
     """
-    if cfg.split not in (*SPLITS, "all"):
-        raise MedImageError(f"data config split: expected one of {(*SPLITS, 'all')}, got {cfg.split!r}")
+    if cfg.split not in SPLIT_CHOICES:
+        raise MedImageError(f"data config split: expected one of {SPLIT_CHOICES}, got {cfg.split!r}")
     common = dict(crop=cfg.crop, affine=cfg.affine, hflip=cfg.hflip, upscale=cfg.upscale)
     common.update(
         prompt_template=cfg.prompt_template, min_size=cfg.min_image_size, max_aspect=cfg.max_aspect_ratio
@@ -315,8 +316,9 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
             ds.restrict(cfg.split, cfg.split_fractions, cfg.seed)
         else:
             keys = ds.split_keys if hasattr(ds, "split_keys") else ds.patient_ids
-            parts = patient_split(keys, cfg.split_fractions, cfg.seed)
-            ds = ds.select(parts[SPLITS.index(cfg.split)])
+            train, val, test = patient_split(keys, cfg.split_fractions, cfg.seed)
+            parts = {"train": train, "val": val, "test": test, HELDOUT: np.sort(np.concatenate([val, test]))}
+            ds = ds.select(parts[cfg.split])
     if cfg.max_samples is not None:
         if streaming:
             ds.max_samples = cfg.max_samples

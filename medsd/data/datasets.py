@@ -37,9 +37,9 @@ from .listing import (
     walk_images,
 )
 from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
+from .splits import HELDOUT, SPLIT_CHOICES, SPLITS  # noqa: F401 - re-exported for the data layer
 from .transforms import ImageTransform
 
-SPLITS = ("train", "val", "test")
 logger = logging.getLogger("medsd.data")
 
 

@@ -28,6 +28,12 @@ class EvalConfig:
     features: list[str] = field(default_factory=lambda: ["radiomics"])
     size: int = 128
     max_images: int | None = None
+    """Cap on the real and fake sets (not on train: the audit checks every training image)."""
+    max_train_images: int | None = None
+    real_split: str = "all"
+    """Part of the real source's patient-level split (train, val, test, heldout, all), as training splits it."""
+    fake_split: str = "all"
+    train_split: str = "all"
     real_label: str | None = None
     fake_label: str | None = None
     train_label: str | None = None
@@ -51,6 +57,10 @@ class EvalConfig:
     reference_draws: int = 10
     downstream: bool = False
     downstream_epochs: int = 15
+    c2st: bool = True
+    c2st_folds: int = 5
+    c2st_epochs: int = 12
+    c2st_draws: int = 3
     image_figures: bool = True
     seed: int = 0
     inception_weights: str | None = None
@@ -168,6 +178,34 @@ def _split_real_for_downstream(real: ImageSet, seed: int) -> tuple[np.ndarray, n
     return np.flatnonzero(~test), np.flatnonzero(test)
 
 
+def c2st_section(real: np.ndarray, fake: np.ndarray, cfg: EvalConfig, log=print) -> dict:
+    """Classifier two-sample test real vs fake, and real vs real at the same size (the floor)."""
+    from .c2st import c2st_floor, classifier_two_sample_test
+
+    n = min(len(real), len(fake))
+    if n < 4:
+        return {"skipped": f"too few images for a C2ST (real {len(real)}, fake {len(fake)})"}
+    opts = dict(folds=cfg.c2st_folds, epochs=cfg.c2st_epochs)
+    floor_n = min(n, len(real) // 2)
+    result = classifier_two_sample_test(real, fake, n=floor_n, seed=cfg.seed, **opts)
+    floor = c2st_floor(real, floor_n, draws=cfg.c2st_draws, seed=cfg.seed, **opts)
+    log(
+        f"[c2st] real vs fake accuracy {result['accuracy']:.3f} {_ci(result['accuracy_ci95'])}, "
+        f"AUROC {result['auroc']:.3f} (n={result['n_per_set']} per set); real vs real "
+        + (f"{floor['accuracy']['mean']:.3f}" if "accuracy" in floor else "n/a")
+    )
+    return {
+        "note": "a small CNN trained to tell real from fake; held-out accuracy over stratified folds "
+        "(0.5 = indistinguishable); real vs real: disjoint random real subsets of the same size",
+        "real_vs_fake": result,
+        "real_vs_real": floor,
+    }
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[n/a]"
+
+
 def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
     """Run every metric; write ``report.json``, ``report.md`` and figures into ``cfg.out``.
 
@@ -202,13 +240,22 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
         patient_column=cfg.patient_column,
         intensity=cfg.intensity,
         window=cfg.window,
-        max_images=cfg.max_images,
         seed=cfg.seed,
         progress=cfg.progress,
     )
-    real = load_subsampled(cfg.real, label=cfg.real_label, **load)
-    fake = load_subsampled(cfg.fake, label=cfg.fake_label, **load)
-    train = load_subsampled(cfg.train, label=cfg.train_label, **load) if cfg.train else None
+    real = load_subsampled(
+        cfg.real, label=cfg.real_label, split=cfg.real_split, max_images=cfg.max_images, **load
+    )
+    fake = load_subsampled(
+        cfg.fake, label=cfg.fake_label, split=cfg.fake_split, max_images=cfg.max_images, **load
+    )
+    train = (
+        load_subsampled(
+            cfg.train, label=cfg.train_label, split=cfg.train_split, max_images=cfg.max_train_images, **load
+        )
+        if cfg.train
+        else None
+    )
     log(f"loaded real={len(real)} fake={len(fake)}" + (f" train={len(train)}" if train else ""))
     report: dict = {
         "medsd_eval_version": 1,
@@ -226,8 +273,8 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
         f"mapping (sets.*.intensity_mapping) to [0, 1]; short side resized (bilinear, antialiased) to {cfg.size} "
         "and centre-cropped square",
         "subsampling": "none"
-        if cfg.max_images is None
-        else f"at most {cfg.max_images} per set, seeded (seed {cfg.seed}), label-proportional and spread over "
+        if cfg.max_images is None and cfg.max_train_images is None
+        else f"real and fake at most {cfg.max_images} each, train at most {cfg.max_train_images}, seeded (seed {cfg.seed}), label-proportional and spread over "
         "patients when the source is a metadata CSV (medsd.metrics.subsample)",
         "sets": {"real": _set_summary(real), "fake": _set_summary(fake)},
         "figures": {},
@@ -249,7 +296,11 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
         "fake_indices": np.flatnonzero(fake_deg).tolist(),
     }
 
-    # 4. distribution metrics per extractor
+    # 4. can a classifier tell them apart?
+    if cfg.c2st:
+        report["c2st"] = c2st_section(real.images, fake.images, cfg, log)
+
+    # 5. distribution metrics per extractor
     from .distribution import distribution_metrics, scale_features, standardise
 
     report["distribution"] = {}
@@ -432,6 +483,44 @@ def _f(x, nd=4):
     return str(x)
 
 
+def headline_lines(r: dict) -> list[str]:
+    """The headline table: C2ST and, per extractor, FD with its real-vs-real floor at the same n, P and R."""
+    lines = [
+        "## Headline",
+        "",
+        "Each metric beside what real images of other patients score at the same sample size (the floor).",
+        "",
+        "| metric | real vs fake | real vs real (floor) |",
+        "|---|---|---|",
+    ]
+    c = r.get("c2st") or {}
+    if "real_vs_fake" in c:
+        f, fl = c["real_vs_fake"], c["real_vs_real"]
+        band = (
+            f"{_f(fl['accuracy']['mean'], 3)} ({_f(fl['accuracy']['min'], 3)}-{_f(fl['accuracy']['max'], 3)}, "
+            f"{fl['draws']} draws)"
+            if "accuracy" in fl
+            else fl.get("skipped", "n/a")
+        )
+        lines.append(
+            f"| C2ST accuracy (n={f['n_per_set']} per set; 0.5 = indistinguishable) | "
+            f"**{_f(f['accuracy'], 3)}** {_ci(f['accuracy_ci95'])} | {band} |"
+        )
+        auc_band = f"{_f(fl['auroc']['mean'], 3)}" if "auroc" in fl else "n/a"
+        lines.append(f"| C2ST AUROC | {_f(f['auroc'], 3)} {_ci(f['auroc_ci95'])} | {auc_band} |")
+    for name, d in r.get("distribution", {}).items():
+        ref = d.get("real_reference") or {}
+        if "real_vs_real" in ref:
+            rr, fr = ref["real_vs_real"], ref["fake_vs_real"]
+            n = f"n={ref['n_b']} vs {ref['n_a_real']}"
+            for key, label in (("frechet_distance", "FD"), ("precision", "precision"), ("recall", "recall")):
+                lines.append(
+                    f"| {label} ({name}, {n}) | **{_f(fr[key]['mean'], 3)}** ± {_f(fr[key]['std'], 3)} | "
+                    f"{_f(rr[key]['mean'], 3)} ± {_f(rr[key]['std'], 3)} |"
+                )
+    return [*lines, ""]
+
+
 def render_markdown(r: dict) -> str:
     from .downstream import results_table
 
@@ -456,6 +545,7 @@ def render_markdown(r: dict) -> str:
     ]
     if r.get("subsampling") and r["subsampling"] != "none":
         lines += [f"- subsampling: {r['subsampling']}", ""]
+    lines += headline_lines(r)
     dg = r["degenerate"]
     lines += [
         "## Distribution metrics",

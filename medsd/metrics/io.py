@@ -163,6 +163,7 @@ def load_image_set(
     intensity: str | None = None,
     window: tuple[float, float] | None = None,
     data: Any = None,
+    split: str = "all",
 ) -> ImageSet:
     """Load a set of images through ``medsd.data`` (see the module docstring for sources and preprocessing).
 
@@ -170,7 +171,8 @@ def load_image_set(
     subsamples with :func:`~medsd.metrics.subsample.stratified_subsample` (seeded; label shares kept,
     each label spread over patients), keeping source order; only the chosen images are decoded (a fitted
     intensity mapping also reads the images it is fitted on). ``data``: a ``DataConfig`` to read with
-    instead of :func:`eval_data_config` (e.g. a training run's, with its split and intensity).
+    instead of :func:`eval_data_config` (e.g. a training run's, with its split and intensity). ``split``: one
+    part of the source's patient-level split (as training splits it with the same ``seed``), e.g. ``heldout``.
     """
     from medsd.data.build import build_dataset
 
@@ -194,6 +196,8 @@ def load_image_set(
             seed=seed,
         )
     )
+    if data is None and split != "all":
+        cfg.split = split
     dataset, mapping = build_dataset(cfg)
     labels = [None if v is None else str(v) for v in dataset.labels]
     patient_ids = list(dataset.patient_ids)

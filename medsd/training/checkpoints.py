@@ -204,3 +204,31 @@ def publish_final(stage: Path, output_dir: Path) -> None:
             dst.unlink()
         os.replace(src, dst)
     shutil.rmtree(output_dir / FINAL_STAGE, ignore_errors=True)
+
+
+EMA_STATE = "custom_checkpoint_0.pkl"
+"""accelerate's file for the first object registered for checkpointing: the EMA model, when there is one."""
+
+
+def load_checkpoint_weights(checkpoint: Path, module: Any, ema: bool = True) -> Any:
+    """Load a checkpoint's weights of ``module`` (the EMA average when the run kept one and ``ema``) into it.
+
+    For scoring a run as it went (a time-to-quality curve) without resuming it. ``module`` must have the
+    architecture the run trained (e.g. the U-Net of its finished pipeline).
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    ema_file = checkpoint / EMA_STATE
+    if ema and ema_file.is_file():
+        shadow = torch.load(ema_file, map_location="cpu", weights_only=True)["shadow_params"]
+        params = list(module.parameters())
+        if len(shadow) != len(params):
+            raise MedsdError(f"{ema_file}: {len(shadow)} EMA tensors, but the module has {len(params)} parameters")
+        with torch.no_grad():
+            for p, s in zip(params, shadow):
+                p.copy_(s.to(p.dtype))
+        return module
+    module.load_state_dict(load_file(checkpoint / "model.safetensors"))
+    return module

@@ -333,7 +333,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     surface as a traceback from the scheduler, or after the data was decoded, or not at all)."""
     from diffusers.optimization import SchedulerType
 
-    from medsd.data.build import INTENSITY_CHOICES, SPLITS
+    from medsd.data.build import INTENSITY_CHOICES, SPLIT_CHOICES
     from medsd.models import PRESETS
 
     from .task import PREDICTION_TYPES
@@ -344,7 +344,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "prediction_type": PREDICTION_TYPES,
         "crop": ("center", "random"),
         "intensity": INTENSITY_CHOICES,
-        "split": (*SPLITS, "all"),
+        "split": SPLIT_CHOICES,
         "model": tuple(sorted(PRESETS)),
     }
 
