@@ -129,7 +129,7 @@ def valid_answer(body: dict, choices: tuple[str, ...]) -> dict:
     }
 
 
-def create_app(
+def create_reader_app(
     study_dir: str | Path, coordinator_token: str | None = None, allowed_hosts: frozenset[str] | None = None
 ) -> Flask:
     """The Flask app of a study folder. ``allowed_hosts``: Host names accepted (None: any; the CLI passes the
@@ -296,6 +296,6 @@ def make_server(
     from waitress import create_server
 
     hosts = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else None
-    app = create_app(study_dir, coordinator_token, allowed_hosts=hosts)
-    server = create_server(app, host=host, port=port, threads=threads, ident="medsd")
+    app = create_reader_app(study_dir, coordinator_token, allowed_hosts=hosts)
+    server = create_server(app, host=host, port=port, threads=threads, ident="medsd", asyncore_use_poll=True)
     return server, app
