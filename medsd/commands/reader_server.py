@@ -68,7 +68,12 @@ def add_reader(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from medsd.reader_app.server import LOOPBACK_HOSTS, make_server
 
-    server, app = make_server(args.study, host=args.host, port=args.port, threads=args.threads)
+    try:
+        server, app = make_server(args.study, host=args.host, port=args.port, threads=args.threads)
+    except OSError as e:
+        raise ValueError(
+            f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})"
+        ) from None
     state = app.extensions["medsd_reader_app"]
     host = args.host if ":" not in args.host else f"[{args.host}]"
     url = f"http://{host}:{server.effective_port}"
