@@ -185,3 +185,27 @@ def test_the_coordinator_page_shows_who_has_finished_and_nothing_else(tmp_path):
     assert rows == ["dora", "eve"]
     assert "submitted" in html and "in progress" in html and "4 of 4" in html and "0 of 4" in html
     assert "dora-private-finding" not in html and "patient_" not in html and "sample_" not in html
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["serve", "{tmp}/nope"], "STUDY_DIR {tmp}/nope does not exist"),
+        (["serve", "{tmp}"], "study.json not found: not a folder written by `medsd reader_study export`"),
+        (["serve", "{study}", "--port", "70000"], "--port: expected a number <= 65535"),
+        (["add_reader", "{study}", "a b"], "reader name 'a b': use 1-64 letters"),
+        (["score", "--key", "{study}/key.csv"], "give --answers CSV files, --db"),
+        (
+            ["score", "--key", "{study}/key.csv", "--db", "{study}/key.csv"],
+            "key.csv: not a reader-study database",
+        ),
+        (["export_answers", "{study}", "--out", "{tmp}/csv"], "no readers to export (none has submitted)"),
+    ],
+)
+def test_bad_command_lines_are_one_line_errors(tmp_path, capsys, argv, message):
+    study = make_study(tmp_path / "s", n=2)
+    fill = {"tmp": str(tmp_path), "study": str(study)}
+    code = main(["reader_study", *[a.format(**fill) for a in argv]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message.format(**fill) in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "csv").exists()
