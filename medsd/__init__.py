@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "dicom_window": "medsd.data.io",
     "write_png8": "medsd.data.io",
     "write_png16": "medsd.data.io",
+    "png8_bytes": "medsd.data.writers",
     "write_dicom_secondary_capture": "medsd.data.io",
     "ImageTransform": "medsd.data.transforms",
     "Finding": "medsd.data.phantoms",
@@ -88,6 +89,11 @@ _EXPORTS: dict[str, str] = {
     "export_reader_study": "medsd.metrics.reader_study",
     "score_reader_study": "medsd.metrics.reader_study",
     "cohen_kappa": "medsd.metrics.reader_study",
+    "score_answer_sheets": "medsd.metrics.reader_study",
+    # reader-study web app
+    "StudyCases": "medsd.reader_app.study",
+    "ReaderStudyDB": "medsd.reader_app.db",
+    "create_reader_app": "medsd.reader_app.server",
     # text-to-X-ray
     "MedPipeline": "medsd.pipelines.auto",
     "ModelFolderError": "medsd.pipelines.folder",

@@ -3,6 +3,9 @@
 medsd reader_study export --real DIR --fake DIR --out STUDY [--n 50] [--design mixed|all_synthetic|2afc]
 medsd reader_study export --design all_synthetic --fake xray=DIR --fake ct=DIR --n 20 --out STUDY
 medsd reader_study score --key STUDY/key.csv --answers reader1.csv reader2.csv [--out scores.json]
+medsd reader_study add_reader STUDY NAME; medsd reader_study serve STUDY   (the web app: docs/reader_study.md)
+medsd reader_study score --key STUDY/key.csv --db STUDY/reader_study.sqlite
+medsd reader_study export_answers STUDY --out DIR
 
 ``--real``/``--fake`` may be repeated as ``STRATUM=SOURCE`` (e.g. per modality); every stratum is sampled on its
 own (``--n`` cases per class and stratum) and scored on its own too.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .common import (
     add_overwrite,
@@ -22,8 +26,9 @@ from .common import (
     standalone_main,
     value_ranges,
 )
+from .reader_server import add_web_actions, db_sheets, run_web_action
 
-HELP = "export a blinded real-vs-synthetic reader study, or score its answer sheets"
+HELP = "export a blinded real-vs-synthetic reader study, serve it to readers as a local web app, score the answers"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,11 +65,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.set_defaults(value_ranges=value_ranges(at_least={"n": 1, "size": 8}))
     s = sub.add_parser("score", help="per-reader accuracy and Cohen's kappa between readers")
     s.add_argument("--key", required=True, help="key.csv written by export")
-    s.add_argument("--answers", nargs="+", required=True, help="filled answer sheets (reader = file name)")
+    s.add_argument("--answers", nargs="+", default=[], help="filled answer sheets (reader = file name)")
+    s.add_argument("--db", default=None, help="the web app's database (STUDY/reader_study.sqlite); with or "
+                   "instead of --answers")  # fmt: skip
+    s.add_argument(
+        "--include_unsubmitted", action="store_true", help="--db: also score readers who have not submitted"
+    )
     s.add_argument(
         "--out", default=None, help="write the scores as JSON here (and the tables as .md beside it)"
     )
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_web_actions(sub)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -89,14 +100,39 @@ def _strata(specs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _score(args) -> dict:
+    """Scores of ``--answers`` CSVs and/or the web app's ``--db``, all through the one scoring function."""
+    from medsd.metrics.reader_study import read_answer_sheet, score_answer_sheets
+
+    check_input_path(args.key, "--key")
+    if not args.answers and not args.db:
+        raise ValueError("give --answers CSV files, --db STUDY/reader_study.sqlite, or both")
+    for answers in args.answers:
+        check_input_path(answers, "--answers")
+    check_input_path(args.db, "--db")
+    check_out_file(args.out, args.overwrite)
+    sheets = {Path(p).stem: read_answer_sheet(p) for p in args.answers}
+    where = {Path(p).stem: str(p) for p in args.answers}
+    if len(sheets) < len(args.answers):
+        raise ValueError("--answers: two sheets have the same file name (the reader's name); rename one")
+    if args.db:
+        from_db = db_sheets(args.db, args.include_unsubmitted)
+        twice = sorted(set(from_db) & set(sheets))
+        if twice:
+            raise ValueError(f"reader(s) {twice} are both in --db and --answers")
+        sheets.update(from_db)
+        where.update({name: f"{args.db} (reader {name})" for name in from_db})
+    if not sheets:
+        raise ValueError(f"--db {args.db}: no reader has submitted yet (--include_unsubmitted scores them)")
+    return score_answer_sheets(args.key, sheets, where)
+
+
 def run(args) -> int:
-    from pathlib import Path
-
-    from medsd.metrics.io import load_image_set
-    from medsd.metrics.reader_study import export_reader_study, render_scores_markdown, score_reader_study
-
     try:
         if args.action == "export":
+            from medsd.metrics.io import load_image_set
+            from medsd.metrics.reader_study import export_reader_study
+
             check_out_dir(args.out, ("key.csv", "answer_sheet.csv"), args.overwrite)
             design = "mixed" if args.design == "single" else args.design
             fakes = _strata(args.fake)
@@ -123,16 +159,16 @@ def run(args) -> int:
                 f"(keep {args.out}/key.csv away from readers)"
             )
             return 0
-        check_input_path(args.key, "--key")
-        for answers in args.answers:
-            check_input_path(answers, "--answers")
-        check_out_file(args.out, args.overwrite)
-        scores = score_reader_study(args.key, list(args.answers))
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        if args.action != "score":
+            return run_web_action(args)
+        scores = _score(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
         if getattr(args, "debug", False):
             raise
         print(f"medsd reader_study: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    from medsd.metrics.reader_study import render_scores_markdown
+
     text = json.dumps(scores, indent=2)
     if args.out:
         with open(args.out, "w") as f:

@@ -24,6 +24,7 @@ _EXPORTS = {
     "dicom_window": "io",
     "write_png8": "writers",
     "write_png16": "writers",
+    "png8_bytes": "writers",
     "write_dicom_secondary_capture": "writers",
     "resize_short_side": "transforms",
     "center_crop": "transforms",

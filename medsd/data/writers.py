@@ -62,6 +62,18 @@ def write_png16(path: str | Path, x01: Any) -> Path:
     return path
 
 
+def png8_bytes(x01: Any, name: str = "image") -> bytes:
+    """An 8-bit greyscale PNG as bytes, with no metadata chunk and no compression, so that two images of the same
+    size always give files of the same length (what a blinded reader study serves)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_quantize(x01, f"png8_bytes({name})", 8)).save(buf, format="PNG", compress_level=0)
+    return buf.getvalue()
+
+
 def _ds(v: float) -> str:
     return f"{v:.10g}"  # DICOM DS strings hold at most 16 characters
 

@@ -42,6 +42,7 @@ from .reader_study import (
     fleiss_kappa,
     joint_agreement,
     render_scores_markdown,
+    score_answer_sheets,
     score_reader_study,
 )
 from .subsample import stratified_subsample
@@ -90,6 +91,7 @@ __all__ = [
     "precision_recall",
     "psnr",
     "register_extractor",
+    "score_answer_sheets",
     "score_reader_study",
     "ssim",
     "standardise",

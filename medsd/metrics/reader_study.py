@@ -166,7 +166,9 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
         w.writerows(rows)
 
 
-def _read_sheet(path: str | Path) -> dict[str, tuple[str, str]]:
+def read_answer_sheet(path: str | Path) -> dict[str, tuple[str, str]]:
+    """An answer CSV (``case_id``, ``answer``, ``findings`` columns; others ignored) as ``{case_id: (answer,
+    findings)}``, the form :func:`score_answer_sheets` takes."""
     with open(path, newline="") as f:
         return {
             r["case_id"]: ((r.get("answer") or "").strip().lower(), (r.get("findings") or "").strip())
@@ -175,7 +177,7 @@ def _read_sheet(path: str | Path) -> dict[str, tuple[str, str]]:
 
 
 def _read_answers(path: str | Path) -> dict[str, str]:
-    return {k: v[0] for k, v in _read_sheet(path).items()}
+    return {k: v[0] for k, v in read_answer_sheet(path).items()}
 
 
 def cohen_kappa(a: list[str], b: list[str]) -> float:
@@ -276,16 +278,31 @@ def score_reader_study(key_csv: str | Path, answer_csvs: dict[str, str | Path] |
     Returns per-reader counts/accuracy, pairwise Cohen's kappa, Fleiss' kappa, the joint-agreement table, the same
     per stratum (``strata``), and every non-empty free-text finding (``findings``).
     """
+    if not isinstance(answer_csvs, dict):
+        answer_csvs = {Path(p).stem: p for p in answer_csvs}
+    sheets = {name: read_answer_sheet(path) for name, path in answer_csvs.items()}
+    return score_answer_sheets(key_csv, sheets, {name: str(path) for name, path in answer_csvs.items()})
+
+
+def score_answer_sheets(
+    key_csv: str | Path,
+    sheets: dict[str, dict[str, tuple[str, str]]],
+    where: dict[str, str] | None = None,
+) -> dict:
+    """Score answers already read: ``sheets[reader][case_id] = (answer, findings)`` (answers case-insensitive).
+
+    What :func:`score_reader_study` does after reading the CSVs, and what the reader-study web app's database is
+    scored with, so both give the same numbers. ``where[reader]`` names the sheet in errors.
+    """
     with open(key_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     key = {r["case_id"]: r["truth"].strip().lower() for r in rows}
     stratum = {r["case_id"]: (r.get("stratum") or "all") for r in rows}
-    if not isinstance(answer_csvs, dict):
-        answer_csvs = {Path(p).stem: p for p in answer_csvs}
     cases = sorted(key)
     answers, findings = {}, []
-    for name, path in answer_csvs.items():
-        sheet = _read_sheet(path)
+    for name, raw in sheets.items():
+        path = (where or {}).get(name, f"reader {name}")
+        sheet = {c: ((a or "").strip().lower(), (t or "").strip()) for c, (a, t) in raw.items()}
         unknown = sorted(set(sheet) - set(key))
         if unknown:
             raise ValueError(f"{path}: case ids not in the key: {unknown[:5]}")
