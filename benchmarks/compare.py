@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gc
 import json
 import math
@@ -55,7 +54,7 @@ WORKLOADS = (
     "sample_sd",
     "fast_vs_ddpm1000",
 )
-OPTIONAL_WORKLOADS = ("time_to_quality",)
+OPTIONAL_WORKLOADS: tuple[str, ...] = ()
 NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih_cxr14"
 
 # Sizes per platform. "cpu" is this 2-core machine (the issue's setting: 64 px, batch 16, the
@@ -1084,115 +1083,6 @@ def workload_fast_vs_ddpm1000(ctx: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# -- time to quality ----------------------------------------------------------------------------------
-
-
-def workload_time_to_quality(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Train medsd's DDPM on NIH train patients; after each segment sample with 25 steps and score
-    radiomics FD against held-out patients. Returns the curve of FD against training minutes."""
-    import numpy as np
-
-    from medsd.data import DataConfig, build_dataset
-    from medsd.metrics.distribution import frechet_distance
-    from medsd.metrics.features import get_extractor
-    from medsd.pipelines.ddpm import MedDDPMPipeline
-    from medsd.training.core import train
-    from medsd.training.ddpm import DDPMTask, DDPMTrainConfig
-
-    cfg, a = ctx["cfg"], ctx["args"]
-    csv = NIH / "metadata.csv"
-    if a.ttq_data:
-        source = a.ttq_data
-    elif csv.is_file():
-        source = str(csv)
-    else:
-        source = "phantom"
-    res = a.ttq_resolution or cfg["resolution"]
-    out_dir = ctx["work"] / "ttq"
-    base = dict(
-        train_data=source,
-        model=a.ttq_model,
-        resolution=res,
-        train_batch_size=cfg["batch"],
-        learning_rate=2e-4,
-        output_dir=str(out_dir),
-        report_to="none",
-        progress_bar=False,
-        checkpointing_steps=a.ttq_segment_steps,
-        checkpoints_total_limit=1,
-        validation_steps=0,
-        num_validation_images=1,
-        validation_inference_steps=1,
-        logging_steps=1,
-        mixed_precision=cfg["medsd_precision"],
-        seed=cfg["seed"],
-        use_ema=True,
-        ema_decay=0.999,
-        data_split="train",
-        patient_column="patient_id" if source.endswith(".csv") else None,
-        phantom_count=max(2 * cfg["batch"], 16),
-    )
-    held = DataConfig(
-        source="csv" if source.endswith(".csv") else "phantom",
-        path=source if source.endswith(".csv") else None,
-        resolution=res,
-        split="test",
-        patient_column="patient_id" if source.endswith(".csv") else None,
-        phantom_count=max(a.ttq_num_images * 10, 20),  # about a tenth of the phantoms is the test split
-    )
-    real_ds, _ = build_dataset(held)
-    n = min(a.ttq_num_images, len(real_ds))
-    if n < 2:
-        raise SystemExit(f"time_to_quality: only {n} held-out image(s) in {source}")
-
-    def first(ds: Any, count: int) -> np.ndarray:
-        return np.stack([(ds[i]["pixel_values"][0].numpy() + 1) / 2 for i in range(count)])
-
-    extractor = get_extractor("radiomics", size=res)
-    real_feats = extractor(first(real_ds, n))
-    # the floor at this sample size: as many real training images (other patients) against the same set
-    train_ds, _ = build_dataset(dataclasses.replace(held, split="train"))
-    real_vs_real = frechet_distance(real_feats, extractor(first(train_ds, min(n, len(train_ds)))))
-    ctx["log"](f"  time_to_quality: real vs real (training patients) FD {real_vs_real:.1f}")
-    curve, minutes, step = [], 0.0, 0
-    deadline = a.ttq_minutes * 60
-    while minutes * 60 < deadline:
-        step += a.ttq_segment_steps
-        config = DDPMTrainConfig(
-            **base,
-            max_train_steps=step,
-            resume_from_checkpoint="latest" if step > a.ttq_segment_steps else None,
-            overwrite_output_dir=True,
-        )
-        _reset_accelerate()
-        result = train(DDPMTask(config), config)
-        _reset_accelerate()
-        seg = result.log_times[-1][1] if result.log_times else result.seconds
-        minutes += seg / 60
-        pipe = MedDDPMPipeline.from_pretrained(out_dir)
-        pipe.set_progress_bar_config(disable=True)
-        g = torch.Generator().manual_seed(0)
-        fake = pipe(
-            batch_size=n, generator=g, output_type="np", autocast_dtype=medsd_autocast_dtype(ctx)
-        ).images
-        fake = np.asarray(fake)[..., 0] if np.asarray(fake).ndim == 4 else np.asarray(fake)
-        fd = frechet_distance(real_feats, extractor(fake))
-        curve.append({"step": step, "train_minutes": minutes, "radiomics_fd": fd})
-        ctx["log"](f"  time_to_quality: step {step}, {minutes:.2f} min, FD {fd:.1f}")
-        if a.ttq_max_segments and len(curve) >= a.ttq_max_segments:
-            break
-    best = min(c["radiomics_fd"] for c in curve)
-    return {
-        "workload": "time_to_quality",
-        "model": f"{a.ttq_model}, {res} px, data {source}",
-        "curve": curve,
-        "best_fd": best,
-        "real_vs_real_fd": real_vs_real,
-        "stock_reference_fd": 58.0,
-        "ratio": best / 58.0,
-    }
-
-
 # -- main ---------------------------------------------------------------------------------------------
 
 
@@ -1231,13 +1121,6 @@ def format_table(results: list[dict[str, Any]]) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
     for r in results:
-        if r["workload"] == "time_to_quality":
-            pts = ", ".join(f"{c['train_minutes']:.1f} min: {c['radiomics_fd']:.1f}" for c in r["curve"])
-            lines.append(
-                f"| time_to_quality | {r['model']} | medsd | | | | | | | FD {pts} (real vs real "
-                f"{r['real_vs_real_fd']:.1f}) | {r['ratio']:.2f} (FD / 58) |"
-            )
-            continue
         for side in ("stock", "medsd"):
             s = r[side]
             loss = f"{s['loss']:.4f} ± {s['loss_spread']:.4f}" if "loss" in s else "-"
@@ -1263,9 +1146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(WORKLOADS),
         help=f"comma-separated, from {WORKLOADS + OPTIONAL_WORKLOADS}",
     )
-    p.add_argument(
-        "--workload", default=None, help="one workload (e.g. time_to_quality); overrides --workloads"
-    )
+    p.add_argument("--workload", default=None, help="one workload (e.g. sample_ddpm); overrides --workloads")
     p.add_argument(
         "--data",
         default=None,
@@ -1295,20 +1176,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument(f"--{k}", type=int, default=None)
     p.add_argument("--unet", default=None, help="UNet2DModel preset of ddpm_unet2d / sample_ddpm")
     p.add_argument("--sd_size", default=None, help="random Stable Diffusion size: tiny or sd-v1.5")
-    g = p.add_argument_group("time_to_quality")
-    g.add_argument("--ttq_minutes", type=float, default=60.0, help="training budget in minutes")
-    g.add_argument("--ttq_segment_steps", type=int, default=500, help="steps between FD evaluations")
-    g.add_argument(
-        "--ttq_max_segments", type=int, default=0, help="stop after this many segments (0: time only)"
-    )
-    g.add_argument("--ttq_num_images", type=int, default=64, help="samples and held-out images for the FD")
-    g.add_argument(
-        "--ttq_resolution", type=int, default=None, help="default: --resolution (use 128 for the goal)"
-    )
-    g.add_argument("--ttq_model", default="light-ct", help="medsd model preset")
-    g.add_argument(
-        "--ttq_data", default=None, help="metadata CSV (default: ../shared/data/nih_cxr14/metadata.csv)"
-    )
     return p.parse_args(argv)
 
 
@@ -1386,7 +1253,6 @@ def main(argv: list[str] | None = None) -> int:
             "sample_cddpm": lambda: workload_sample_cddpm(ctx),
             "sample_sd": lambda: workload_sample_sd(ctx),
             "fast_vs_ddpm1000": lambda: workload_fast_vs_ddpm1000(ctx),
-            "time_to_quality": lambda: workload_time_to_quality(ctx),
         }
         results = []
         for name in names:

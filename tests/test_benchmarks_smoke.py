@@ -75,34 +75,3 @@ def test_report_records_environment_and_matmul_peaks(smoke_report):
     assert report["environment"]["torch"]
     assert report["data"] == "phantom"
     assert all(v > 0 for v in report["matmul_peak_tflops"].values())
-
-
-def test_time_to_quality_runs_tiny(tmp_path):
-    compare = _load_compare()
-    argv = [
-        "--device",
-        "cpu",
-        "--smoke",
-        "--data",
-        "phantom",
-        "--workload",
-        "time_to_quality",
-        "--out",
-        str(tmp_path),
-    ]
-    argv += [
-        "--ttq_segment_steps",
-        "2",
-        "--ttq_max_segments",
-        "2",
-        "--ttq_num_images",
-        "8",
-        "--ttq_model",
-        "light-tiny",
-    ]
-    argv += ["--ttq_data", "phantom"]
-    assert compare.main(argv) == 0
-    r = json.loads((tmp_path / "compare.json").read_text())["results"][0]
-    assert [c["step"] for c in r["curve"]] == [2, 4]
-    assert all(c["train_minutes"] > 0 and math.isfinite(c["radiomics_fd"]) for c in r["curve"])
-    assert math.isfinite(r["real_vs_real_fd"]) and r["real_vs_real_fd"] >= 0

@@ -256,3 +256,26 @@ def test_out_of_range_flags_stop_before_anything_is_loaded(tmp_path, capsys, fie
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"--{field}: expected" in err[0], err
     assert not out.exists()
+
+
+def test_max_train_minutes_stops_and_saves_a_finished_model(tmp_path):
+    cfg = _config(tmp_path, max_train_steps=10**7, max_train_minutes=0.02, checkpointing_steps=0)
+    task = RegressionTask()
+    result = train(task, cfg)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert 0 < result.global_step < 10**7
+    assert summary["stopped_by"] == "max_train_minutes" and summary["steps"] == result.global_step
+    assert 1.0 <= result.seconds < 30 and task.saved is not None
+    assert summary["loss_history"][-1][0] == result.global_step
+
+
+def test_max_train_minutes_must_be_positive():
+    with pytest.raises(Exception, match="max_train_minutes"):
+        parse_config(TrainConfig, ["--max_train_minutes", "0"])
+
+
+def test_without_a_progress_bar_a_line_per_30_seconds_and_the_last_step(tmp_path, capsys):
+    train(RegressionTask(), _config(tmp_path, max_train_steps=8, logging_steps=2, checkpointing_steps=0))
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
+    assert [x.split()[1] for x in lines] == ["2/8", "8/8"]
+    assert all(" it/s " in x and " ETA " in x and " loss " in x for x in lines)

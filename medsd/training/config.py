@@ -26,6 +26,9 @@ class TrainConfig:
     output_dir: str = "outputs/run"
     seed: int = 0
     max_train_steps: int = 1000
+    max_train_minutes: float | None = None
+    """Stop after this many minutes of this launch's training loop and save the final model as at the last
+    step (the LR schedule still spans max_train_steps: set it to what fits, e.g. from the logged ETA)."""
     train_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
@@ -39,7 +42,8 @@ class TrainConfig:
     use_8bit_adam: bool = False
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"
-    """'auto' (bf16 on GPUs that support it, else fp16 on CUDA, else no), 'no', 'fp16' or 'bf16'."""
+    """'auto' (CUDA: bf16 where the GPU supports it, else fp16; CPU: bf16 where it has native bf16, i.e.
+    AVX-512 BF16 or AMX, else no), 'no', 'fp16' or 'bf16'."""
     allow_tf32: bool = True
     torch_compile: bool = False
     channels_last: bool = False
@@ -69,6 +73,7 @@ class TrainConfig:
     hub_token: str | None = None
     """Hub token (default: HF_TOKEN or `huggingface-cli login`); never printed or saved."""
     progress_bar: bool = True
+    """A tqdm bar; without it a line (step, loss, it/s, ETA) is printed at logging steps, at most every 30 s."""
 
 
 def steps_for_epochs(epochs: int, n_images: int, config: TrainConfig) -> int:
@@ -323,7 +328,7 @@ _AT_LEAST = {
         0,
     ),
 }
-_POSITIVE = ("learning_rate", "adam_epsilon")
+_POSITIVE = ("learning_rate", "adam_epsilon", "max_train_minutes")
 _UNIT_INTERVAL = ("adam_beta1", "adam_beta2", "ema_decay")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 

@@ -313,9 +313,38 @@ class Trainer:
         self.history.append((self.global_step, avg))
         self.log_times.append((self.global_step, now - self.t_start))
         self.progress.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}", it_s=f"{steps_per_s:.2f}")
+        self._log_line(avg, lr, steps_per_s, now)
         self.accelerator.log(
             {"train_loss": avg, "lr": lr, "steps_per_second": steps_per_s}, step=self.global_step
         )
+
+    def _log_line(self, loss: float, lr: float, steps_per_s: float, now: float) -> None:
+        """Without a progress bar, one line at most every 30 s (and at the last step): a silent run looks hung."""
+        config, step = self.config, self.global_step
+        if config.progress_bar or not self.accelerator.is_local_main_process:
+            return
+        if now - self.t_line < 30 and step < config.max_train_steps:
+            return
+        self.t_line = now
+        eta = (config.max_train_steps - step) / max(steps_per_s, 1e-9)
+        self.accelerator.print(
+            f"step {step}/{config.max_train_steps} loss {loss:.4f} lr {lr:.2e} {steps_per_s:.2f} it/s "
+            f"elapsed {_clock(now - self.t_start)} ETA {_clock(eta)}",
+            flush=True,
+        )
+
+    def time_is_up(self, at_log: bool) -> bool:
+        """``max_train_minutes`` have passed (decided at logging steps alike on every process)."""
+        limit = self.config.max_train_minutes
+        if not limit:
+            return False
+        up = time.perf_counter() - self.t_start >= limit * 60
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return up
+        if not at_log:
+            return False
+        return bool(acc.reduce(torch.tensor(int(up), device=acc.device), reduction="max").item())
 
     def checkpoint(self) -> None:
         self.check_finite()
@@ -379,6 +408,8 @@ class Trainer:
         self.loss_count = 0
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
         self.t_start = self.t_window = time.perf_counter()
+        self.t_line = -1e9
+        self.stopped_by_time = False
 
     def loop(self) -> None:
         """Steps until ``max_train_steps``, with logging, checkpoints and validation at their intervals."""
@@ -399,6 +430,14 @@ class Trainer:
                     signum = stop.requested(self.accelerator, at_log)
                     if signum:
                         self.stop_on_signal(signum)
+                    if self.time_is_up(at_log):
+                        self.stopped_by_time = True
+                        if not at_log:
+                            self.log()
+                        self.accelerator.print(
+                            f"max_train_minutes={config.max_train_minutes} reached at step {step}: saving the model"
+                        )
+                        break
             self.check_finite()
         finally:
             self.progress.close()
@@ -448,6 +487,7 @@ class Trainer:
                 "processes": processes,
                 "loss_history": self.history,
                 "log_times": self.log_times,
+                "stopped_by": "max_train_minutes" if self.stopped_by_time else None,
             }
             (stage / RUN_FINISHED).write_text(json.dumps(summary, indent=1))
             publish_final(stage, out)
@@ -553,6 +593,12 @@ def push_folder_to_hub(
     from .hub import push_folder
 
     return push_folder(folder, repo_id, token=token, private=private, check=False)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 def _loggable(v: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from medsd.data.build import DataConfig, parse_source
@@ -59,6 +60,8 @@ class DataArgs(DataConfig):
             self.window, self.window_low, self.window_high = (self.window_low, self.window_high), None, None
         if self.center_crop is not None:
             self.crop, self.center_crop = ("center" if self.center_crop else "random"), None
+        if os.path.exists(self.train_data):  # a resume from another folder must still find the data
+            self.train_data = os.path.abspath(self.train_data)
         spec = parse_source(self.train_data, streaming=self.streaming)
         self.source, self.path, self.data_dir, self.phantom_kind = (
             spec.kind,

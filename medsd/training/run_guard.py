@@ -35,7 +35,7 @@ HARMLESS_FIELDS = frozenset(
         "dataloader_num_workers", "torch_compile", "channels_last", "gradient_checkpointing",
         "cache_images_on_device", "enable_xformers_memory_efficient_attention",
         # checked on its own: more steps (or fewer, down to the checkpoint's) continue the same run
-        "max_train_steps",
+        "max_train_steps", "max_train_minutes",
         # aliases: their effect is compared through the field they set
         "ddpm_num_steps", "ddpm_beta_schedule", "num_epochs", "logger", "center_crop", "num_train_epochs",
         "validation_epochs",
