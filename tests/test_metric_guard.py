@@ -53,7 +53,9 @@ def _clouds(tmp_path: Path) -> np.ndarray:
     train_ddpm(config)
     pipe = MedDDPMPipeline.from_pretrained(tmp_path / "clouds")
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(batch_size=N, num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="np")
+    out = pipe(
+        batch_size=N, num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
     return np.asarray(out.images, np.float32).reshape(N, SIZE, SIZE)
 
 
