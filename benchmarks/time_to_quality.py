@@ -97,19 +97,21 @@ def stock(args: argparse.Namespace) -> None:
     print(f"stock run stopped after {(time.time() - start) / 60:.1f} min")
 
 
-def _checkpoints(run: Path) -> list[Path]:
-    return sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+def _checkpoints(run: Path, only: str | None = None) -> list[Path]:
+    found = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    wanted = {int(x) for x in only.split(",")} if only else None
+    return [p for p in found if wanted is None or int(p.name.split("-")[1]) in wanted]
 
 
 def _minutes(path: Path, start: float) -> float:
     return (path.stat().st_mtime - start) / 60
 
 
-def sample_stock(run: Path, out: Path, n: int, steps: int) -> None:
+def sample_stock(run: Path, out: Path, n: int, steps: int, only: str | None) -> None:
     import torch
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    for ckpt in _checkpoints(run):
+    for ckpt in _checkpoints(run, only):
         dest = out / ckpt.name
         if dest.is_dir() and len(list(dest.glob("*.png"))) >= n:
             continue
@@ -125,7 +127,7 @@ def sample_stock(run: Path, out: Path, n: int, steps: int) -> None:
         print(f"stock {ckpt.name}: {n} images", flush=True)
 
 
-def sample_medsd(run: Path, out: Path, n: int) -> None:
+def sample_medsd(run: Path, out: Path, n: int, only: str | None) -> None:
     import torch
 
     from medsd.pipelines.ddpm import MedDDPMPipeline
@@ -133,7 +135,7 @@ def sample_medsd(run: Path, out: Path, n: int) -> None:
 
     pipe = MedDDPMPipeline.from_pretrained(run)
     pipe.set_progress_bar_config(disable=True)
-    for ckpt in _checkpoints(run):
+    for ckpt in _checkpoints(run, only):
         dest = out / ckpt.name
         if dest.is_dir() and len(list(dest.glob("*.png"))) >= n:
             continue
@@ -141,6 +143,21 @@ def sample_medsd(run: Path, out: Path, n: int) -> None:
         images = pipe(batch_size=n, generator=torch.Generator().manual_seed(0)).images
         _save(images, dest)
         print(f"medsd {ckpt.name}: {n} images", flush=True)
+    final = out / f"checkpoint-{_final_step(run)}"
+    if not (run / final.name).is_dir() and not final.is_dir() and only is None:
+        pipe = MedDDPMPipeline.from_pretrained(run)  # the finished (EMA) model, where the time budget stopped
+        pipe.set_progress_bar_config(disable=True)
+        _save(pipe(batch_size=n, generator=torch.Generator().manual_seed(0)).images, final)
+        print(f"medsd final model (step {_final_step(run)}): {n} images", flush=True)
+
+
+def _final_step(run: Path) -> int:
+    return int(json.loads((run / "train_summary.json").read_text())["steps"])
+
+
+def _point_time(run: Path, name: str) -> Path:
+    """The file whose time stamps a scored point: its checkpoint, or the finished run's summary."""
+    return run / name if (run / name).exists() else run / "train_summary.json"
 
 
 def _save(images: list[Any], dest: Path) -> None:
@@ -154,11 +171,12 @@ def _save(images: list[Any], dest: Path) -> None:
 
 
 def sample(args: argparse.Namespace) -> None:
+    """Sample every checkpoint (or ``--only`` steps) of each side its own way into OUT/samples/SIDE/."""
     out = Path(args.out)
-    if (out / "medsd").is_dir():
-        sample_medsd(out / "medsd", out / "samples" / "medsd", args.n)
-    if (out / "stock").is_dir():
-        sample_stock(out / "stock", out / "samples" / "stock", args.n, args.ddpm_steps)
+    if (out / "medsd").is_dir() and args.side in (None, "medsd"):
+        sample_medsd(out / "medsd", out / "samples" / "medsd", args.n, args.only)
+    if (out / "stock").is_dir() and args.side in (None, "stock"):
+        sample_stock(out / "stock", out / "samples" / "stock", args.n, args.ddpm_steps, args.only)
 
 
 def score(args: argparse.Namespace) -> None:
@@ -169,7 +187,7 @@ def score(args: argparse.Namespace) -> None:
     rows = json.loads((out / "scores.json").read_text()) if (out / "scores.json").exists() else []
     done = {(r["side"], r["checkpoint"]) for r in rows}
     starts = {"medsd": _medsd_start(out / "medsd"), "stock": _stock_start(out)}
-    for side in ("medsd", "stock"):
+    for side in ("medsd", "stock") if args.side is None else (args.side,):
         run = out / side
         for folder in sorted((out / "samples" / side).glob("checkpoint-*"), key=lambda p: int(p.name[11:])):
             if (side, folder.name) in done:
@@ -183,7 +201,8 @@ def score(args: argparse.Namespace) -> None:
                 progress=False,
             )
             report, _ = evaluate(cfg, log=lambda s: None)
-            rows.append(_row(side, folder.name, _minutes(run / folder.name, starts[side]), report))
+            minutes = _minutes(_point_time(run, folder.name), starts[side])
+            rows.append(_row(side, folder.name, minutes, report))
             (out / "scores.json").write_text(json.dumps(rows, indent=1))
             print(_format_row(rows[-1]), flush=True)
 
@@ -201,39 +220,98 @@ def _stock_start(out: Path) -> float:
 
 def _row(side: str, checkpoint: str, minutes: float, report: dict) -> dict:
     c2 = report["c2st"]["real_vs_fake"]
-    floor = report["c2st"]["real_vs_real"]
     ref = report["distribution"]["radiomics"]["real_reference"]
-    return {
+    row = {
         "side": side,
         "checkpoint": checkpoint,
         "step": int(checkpoint.split("-")[1]),
         "minutes": round(minutes, 1),
         "c2st_accuracy": c2["accuracy"],
         "c2st_ci95": c2["accuracy_ci95"],
-        "c2st_floor": floor.get("accuracy", {}).get("mean"),
-        "fd": ref["fake_vs_real"]["frechet_distance"]["mean"],
-        "fd_floor": ref["real_vs_real"]["frechet_distance"]["mean"],
-        "fd_floor_std": ref["real_vs_real"]["frechet_distance"]["std"],
-        "precision": ref["fake_vs_real"]["precision"]["mean"],
-        "recall": ref["fake_vs_real"]["recall"]["mean"],
-        "recall_floor": ref["real_vs_real"]["recall"]["mean"],
-        "n": ref["n_b"],
+        "c2st_floor": report["c2st"]["real_vs_real"].get("accuracy", {}).get("mean"),
+        "n": ref.get("n_b"),
+        "degenerate": report["distribution"]["radiomics"]["n_degenerate_fake"],
     }
+    for key, metric in (("fd", "frechet_distance"), ("precision", "precision"), ("recall", "recall")):
+        # no same-size reference when too few non-degenerate samples remain: the row says so with None
+        row[key] = ref["fake_vs_real"][metric]["mean"] if "fake_vs_real" in ref else None
+        row[f"{key}_floor"] = ref["real_vs_real"][metric]["mean"] if "real_vs_real" in ref else None
+        row[f"{key}_floor_std"] = ref["real_vs_real"][metric]["std"] if "real_vs_real" in ref else None
+    return row
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
 
 
 def _format_row(r: dict) -> str:
     lo, hi = r["c2st_ci95"]
     return (
-        f"| {r['side']} | {r['minutes']:.1f} | {r['step']} | {r['c2st_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] "
-        f"(floor {r['c2st_floor']:.3f}) | {r['fd']:.1f} (floor {r['fd_floor']:.1f} ± {r['fd_floor_std']:.1f}) | "
-        f"{r['precision']:.3f} | {r['recall']:.3f} (floor {r['recall_floor']:.3f}) |"
+        f"| {r['side']} | {r['minutes']:.1f} | {r['step']} | {r['c2st_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | "
+        f"{_num(r['c2st_floor'], '.3f')} | {_num(r['fd'], '.1f')} | {_num(r['fd_floor'], '.1f')} ± "
+        f"{_num(r['fd_floor_std'], '.1f')} | {_num(r['precision'], '.3f')} | {_num(r['recall'], '.3f')} | "
+        f"{_num(r['recall_floor'], '.3f')} |"
     )
+
+
+def figure(args: argparse.Namespace) -> None:
+    """Three grids side by side: medsd's last checkpoint | real held-out patients | stock's last checkpoint."""
+    import numpy as np
+    from PIL import Image
+
+    from medsd.metrics.io import load_image_set
+
+    out = Path(args.out)
+    panels = []
+    real = load_image_set(_csv(args), RESOLUTION, split="heldout", max_images=16, seed=1).images
+    for title, folder in (
+        ("medsd", _last(out / "samples" / "medsd")),
+        ("real, held-out patients", None),
+        ("stock train_unconditional.py", _last(out / "samples" / "stock")),
+    ):
+        images = real if folder is None else load_image_set(folder, RESOLUTION, max_images=16, seed=1).images
+        label = title if folder is None else f"{title}, {folder.name}"
+        panels.append(_grid(images[:16], label))
+    gap = np.full((panels[0].shape[0], 8), 255, np.uint8)
+    row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+    path = Path(args.figure or out / "ttq_grids.png")
+    Image.fromarray(row).save(path)
+    print(f"wrote {path}")
+
+
+def _last(folder: Path) -> Path:
+    runs = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not runs:
+        raise SystemExit(f"time_to_quality: no sample folders in {folder}; run the sample step first")
+    return runs[-1]
+
+
+def _grid(images, title: str):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    n, h, w = len(images), images.shape[1], images.shape[2]
+    cols = 4
+    canvas = np.full((18 + (n // cols) * (h + 2), cols * (w + 2)), 255, np.uint8)
+    for k, im in enumerate(images):
+        r, c = divmod(k, cols)
+        canvas[18 + r * (h + 2) : 18 + r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = np.rint(im * 255)
+    pic = Image.fromarray(canvas)
+    ImageDraw.Draw(pic).text((2, 3), title, fill=0)
+    return np.asarray(pic)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", required=True)
-    for name, fn in (("prepare", prepare), ("stock", stock), ("sample", sample), ("score", score)):
+    actions = (
+        ("prepare", prepare),
+        ("stock", stock),
+        ("sample", sample),
+        ("score", score),
+        ("figure", figure),
+    )
+    for name, fn in actions:
         s = sub.add_parser(name, help=fn.__doc__)
         s.add_argument(
             "--out", required=True, help="work folder (medsd run in OUT/medsd, stock in OUT/stock)"
@@ -247,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--checkpointing_steps", type=int, default=200)
         s.add_argument("--ddpm_steps", type=int, default=100, help="stock DDPMPipeline steps when sampling")
         s.add_argument("--preview_steps", type=int, default=10, help="stock in-training preview steps")
-        s.add_argument("--n", type=int, default=128, help="images sampled per checkpoint")
+        s.add_argument("--n", type=int, default=96, help="images sampled per checkpoint")
+        s.add_argument("--side", choices=("medsd", "stock"), default=None, help="sample/score one side only")
+        s.add_argument("--only", default=None, help="sample: comma-separated checkpoint steps (default all)")
+        s.add_argument("--figure", default=None, help="figure: output PNG (default OUT/ttq_grids.png)")
         s.set_defaults(func=fn)
     args = p.parse_args(argv)
     args.func(args)

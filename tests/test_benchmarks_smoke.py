@@ -75,3 +75,56 @@ def test_report_records_environment_and_matmul_peaks(smoke_report):
     assert report["environment"]["torch"]
     assert report["data"] == "phantom"
     assert all(v > 0 for v in report["matmul_peak_tflops"].values())
+
+
+def test_time_to_quality_prepares_samples_and_scores_every_checkpoint(tmp_path):
+    """benchmarks/time_to_quality.py on a tiny phantom CSV: the medsd side's checkpoints and its final model are
+    sampled and scored by medsd eval against the held-out patients (C2ST, FD with floor, recall)."""
+    import csv
+
+    from PIL import Image
+
+    from medsd.cli import main as medsd_main
+    from medsd.data.phantoms import chest_phantom
+
+    spec = importlib.util.spec_from_file_location(
+        "medsd_bench_ttq", ROOT / "benchmarks" / "time_to_quality.py"
+    )
+    ttq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ttq)
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "label", "patient_id"])
+        for i in range(60):
+            img = (chest_phantom(64, seed=i) * 255).astype("uint8")
+            Image.fromarray(img).save(data / f"p{i}.png")
+            w.writerow([f"p{i}.png", "No Finding", f"pat{i // 2}"])
+    out = tmp_path / "ttq"
+    common = ["--out", str(out), "--data", str(data / "metadata.csv")]
+    assert ttq.main(["prepare", *common]) == 0
+    assert len(list((out / "stock_train_images").iterdir())) > 30
+    argv = ["train", "ddpm", "--train_data", str(data / "metadata.csv"), "--patient_column", "patient_id"]
+    argv += [
+        "--model",
+        "light-tiny",
+        "--resolution",
+        "64",
+        "--max_train_steps",
+        "3",
+        "--train_batch_size",
+        "4",
+    ]
+    argv += ["--checkpointing_steps", "2", "--checkpoints_total_limit", "none", "--validation_steps", "0"]
+    argv += ["--output_dir", str(out / "medsd"), "--report_to", "none", "--progress_bar", "false"]
+    assert medsd_main(argv) == 0
+    assert ttq.main(["sample", *common, "--side", "medsd", "--n", "8"]) == 0
+    assert sorted(p.name for p in (out / "samples" / "medsd").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    assert ttq.main(["score", *common, "--side", "medsd"]) == 0
+    rows = json.loads((out / "scores.json").read_text())
+    assert [r["step"] for r in rows] == [2, 3]
+    assert rows[0]["minutes"] <= rows[1]["minutes"]
+    for r in rows:
+        assert 0 <= r["c2st_accuracy"] <= 1 and r["c2st_floor"] is not None
+        assert r["fd"] is None or (math.isfinite(r["fd"]) and math.isfinite(r["fd_floor"]))
