@@ -9,7 +9,7 @@ the same split, never trained on): C2ST accuracy with its 95% interval, radiomic
 same n, precision and recall.
 
     python benchmarks/time_to_quality.py prepare --out outputs/ttq
-    medsd train ddpm --config recipes/configs/ddpm_cxr64_cpu.yaml --output_dir outputs/ttq/medsd
+    python benchmarks/time_to_quality.py medsd --out outputs/ttq --config recipes/configs/ddpm_cxr64_cpu.yaml &
     python benchmarks/time_to_quality.py stock --out outputs/ttq --script PATH/TO/train_unconditional.py --minutes 45
     python benchmarks/time_to_quality.py sample --out outputs/ttq --n 128
     python benchmarks/time_to_quality.py score --out outputs/ttq
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -66,6 +65,14 @@ def prepare(args: argparse.Namespace) -> None:
     print(f"{len(ds)} training images linked in {folder}; stock U-Net config in {out / 'stock_unet'}")
 
 
+def medsd(args: argparse.Namespace) -> None:
+    """Run ``medsd train ddpm --config CONFIG`` into OUT/medsd, recording its launch time as the stock side does."""
+    out = Path(args.out)
+    cmd = ["medsd", "train", "ddpm", "--config", args.config, "--output_dir", str(out / "medsd")]
+    (out / "medsd_start.json").write_text(json.dumps({"start": time.time(), "command": cmd}))
+    subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+
+
 def stock(args: argparse.Namespace) -> None:
     """Run train_unconditional.py (its defaults but the U-Net) for ``--minutes``; record checkpoint times."""
     out = Path(args.out)
@@ -92,8 +99,11 @@ def stock(args: argparse.Namespace) -> None:
     try:
         proc.wait(timeout=args.minutes * 60)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=300)
+        proc.terminate()  # the script has no time budget; its checkpoints are the scored points
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     print(f"stock run stopped after {(time.time() - start) / 60:.1f} min")
 
 
@@ -132,7 +142,9 @@ def sample_medsd(run: Path, out: Path, n: int, only: str | None) -> None:
 
     from medsd.pipelines.ddpm import MedDDPMPipeline
     from medsd.training.checkpoints import load_checkpoint_weights
+    from medsd.training.precision import cpu_has_native_bf16
 
+    dtype = torch.bfloat16 if cpu_has_native_bf16() else None  # as training and medsd generate do on a CPU
     pipe = MedDDPMPipeline.from_pretrained(run)
     pipe.set_progress_bar_config(disable=True)
     for ckpt in _checkpoints(run, only):
@@ -140,14 +152,15 @@ def sample_medsd(run: Path, out: Path, n: int, only: str | None) -> None:
         if dest.is_dir() and len(list(dest.glob("*.png"))) >= n:
             continue
         load_checkpoint_weights(ckpt, pipe.unet)
-        images = pipe(batch_size=n, generator=torch.Generator().manual_seed(0)).images
+        images = pipe(batch_size=n, generator=torch.Generator().manual_seed(0), autocast_dtype=dtype).images
         _save(images, dest)
         print(f"medsd {ckpt.name}: {n} images", flush=True)
     final = out / f"checkpoint-{_final_step(run)}"
     if not (run / final.name).is_dir() and not final.is_dir() and only is None:
         pipe = MedDDPMPipeline.from_pretrained(run)  # the finished (EMA) model, where the time budget stopped
         pipe.set_progress_bar_config(disable=True)
-        _save(pipe(batch_size=n, generator=torch.Generator().manual_seed(0)).images, final)
+        generator = torch.Generator().manual_seed(0)
+        _save(pipe(batch_size=n, generator=generator, autocast_dtype=dtype).images, final)
         print(f"medsd final model (step {_final_step(run)}): {n} images", flush=True)
 
 
@@ -186,7 +199,6 @@ def score(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rows = json.loads((out / "scores.json").read_text()) if (out / "scores.json").exists() else []
     done = {(r["side"], r["checkpoint"]) for r in rows}
-    starts = {"medsd": _medsd_start(out / "medsd"), "stock": _stock_start(out)}
     for side in ("medsd", "stock") if args.side is None else (args.side,):
         run = out / side
         for folder in sorted((out / "samples" / side).glob("checkpoint-*"), key=lambda p: int(p.name[11:])):
@@ -201,21 +213,17 @@ def score(args: argparse.Namespace) -> None:
                 progress=False,
             )
             report, _ = evaluate(cfg, log=lambda s: None)
-            minutes = _minutes(_point_time(run, folder.name), starts[side])
+            minutes = _minutes(_point_time(run, folder.name), _start(out, side))
             rows.append(_row(side, folder.name, minutes, report))
             (out / "scores.json").write_text(json.dumps(rows, indent=1))
             print(_format_row(rows[-1]), flush=True)
 
 
-def _medsd_start(run: Path) -> float:
-    """Launch time of a medsd run: its lock file is the first thing it writes."""
-    lock = run / ".tmp-medsd.lock"
-    return (lock if lock.exists() else run / "training_config.yaml").stat().st_mtime
-
-
-def _stock_start(out: Path) -> float:
-    path = out / "stock_start.json"
-    return json.loads(path.read_text())["start"] if path.exists() else 0.0
+def _start(out: Path, side: str) -> float:
+    path = out / f"{side}_start.json"
+    if not path.exists():
+        raise SystemExit(f"time_to_quality: {path} is missing; launch the {side} run with this script")
+    return json.loads(path.read_text())["start"]
 
 
 def _row(side: str, checkpoint: str, minutes: float, report: dict) -> dict:
@@ -306,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     actions = (
         ("prepare", prepare),
+        ("medsd", medsd),
         ("stock", stock),
         ("sample", sample),
         ("score", score),
@@ -318,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         s.add_argument("--data", default=None, help=f"metadata CSV (default {NIH_CSV})")
         s.add_argument("--script", default=None, help="diffusers' train_unconditional.py")
+        s.add_argument(
+            "--config", default="recipes/configs/ddpm_cxr64_cpu.yaml", help="medsd's training config"
+        )
         s.add_argument("--minutes", type=float, default=45.0, help="stock training budget (wall minutes)")
         s.add_argument(
             "--num_epochs", type=int, default=25, help="stock epochs (its cosine schedule's length)"

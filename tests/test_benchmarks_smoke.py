@@ -84,7 +84,6 @@ def test_time_to_quality_prepares_samples_and_scores_every_checkpoint(tmp_path):
 
     from PIL import Image
 
-    from medsd.cli import main as medsd_main
     from medsd.data.phantoms import chest_phantom
 
     spec = importlib.util.spec_from_file_location(
@@ -105,20 +104,14 @@ def test_time_to_quality_prepares_samples_and_scores_every_checkpoint(tmp_path):
     common = ["--out", str(out), "--data", str(data / "metadata.csv")]
     assert ttq.main(["prepare", *common]) == 0
     assert len(list((out / "stock_train_images").iterdir())) > 30
-    argv = ["train", "ddpm", "--train_data", str(data / "metadata.csv"), "--patient_column", "patient_id"]
-    argv += [
-        "--model",
-        "light-tiny",
-        "--resolution",
-        "64",
-        "--max_train_steps",
-        "3",
-        "--train_batch_size",
-        "4",
-    ]
-    argv += ["--checkpointing_steps", "2", "--checkpoints_total_limit", "none", "--validation_steps", "0"]
-    argv += ["--output_dir", str(out / "medsd"), "--report_to", "none", "--progress_bar", "false"]
-    assert medsd_main(argv) == 0
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"train_data: {data / 'metadata.csv'}\npatient_column: patient_id\nmodel: light-tiny\nresolution: 64\n"
+        "max_train_steps: 3\ntrain_batch_size: 4\ncheckpointing_steps: 2\ncheckpoints_total_limit: null\n"
+        "validation_steps: 0\nreport_to: none\nprogress_bar: false\n"
+    )
+    assert ttq.main(["medsd", *common, "--config", str(config)]) == 0
+    assert json.loads((out / "medsd_start.json").read_text())["start"] > 0
     assert ttq.main(["sample", *common, "--side", "medsd", "--n", "8"]) == 0
     assert sorted(p.name for p in (out / "samples" / "medsd").iterdir()) == ["checkpoint-2", "checkpoint-3"]
     assert ttq.main(["score", *common, "--side", "medsd"]) == 0
