@@ -98,7 +98,7 @@ def _audit(n_copies=0, valid=True, patients=0):
         "n_train_patients_with_copy": patients,
         "settings": {"method": "registered NCC and DCT perceptual hash", "n_generated": 8},
         "calibration": {"quantile": 0.005, "thresholds": {"registered_ncc": 0.05}, "n_heldout": 239,
-                        "false_alarm_rate": 0.004, "false_alarm_rate_cross_fitted": 0.013},
+                        "false_alarm_rate": 0.004, "false_alarm_rate_leave_one_out": 0.013},
         "self_test": {"per_kind": 20, "min_recall": 0.9, "passed": valid,
                       "kinds": {"hflip": {"recall": 1.0}, "shift": {"recall": 1.0 if valid else 0.5}}},
     }  # fmt: skip

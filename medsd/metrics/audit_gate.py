@@ -114,9 +114,9 @@ def audit_card_section(report: dict[str, Any] | None, verdict: AuditVerdict | No
     for name, thr in (cal.get("thresholds") or {}).items():
         rows.append((f"threshold, {name} distance", f"{thr:.4g} (held-out {cal.get('quantile')} quantile)"))
     if cal.get("false_alarm_rate") is not None:
-        cross = cal.get("false_alarm_rate_cross_fitted")
+        loo = cal.get("false_alarm_rate_leave_one_out")
         rows.append(("false-alarm rate on held-out real images",
-                     f"{cal['false_alarm_rate']:.3f}" + (f" (cross-fitted {cross:.3f})" if cross is not None else "")
+                     f"{cal['false_alarm_rate']:.3f}" + (f" (leave-one-out {loo:.3f})" if loo is not None else "")
                      + f", n={cal.get('n_heldout')}"))  # fmt: skip
     kinds = st.get("kinds") or {}
     if kinds:

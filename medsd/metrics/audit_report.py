@@ -156,7 +156,7 @@ def memorisation_markdown(m: dict) -> list[str]:
         + (f", of **{m['n_train_patients_with_copy']} of {pts} training patients**" if pts else "")
         + f". Thresholds: the {cal['quantile']:g} quantile of held-out real → train distances "
         f"({cal['n_heldout']} held-out images); held-out false-alarm rate {_f(cal.get('false_alarm_rate'), 3)} "
-        f"(cross-fitted {_f(cal.get('false_alarm_rate_cross_fitted'), 3)}).",
+        f"(leave-one-out {_f(cal.get('false_alarm_rate_leave_one_out'), 3)}).",
         "",
         "| detector | invariant to | threshold | generated DCR median / min | held-out DCR median / min "
         "| NNDR median generated / held-out |",

@@ -308,9 +308,11 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
     from .distribution import distribution_metrics, scale_features, standardise
 
     report["distribution"] = {}
+    feats_cache: dict = {}
     for name, ext in extractors.items():
         fr = extract_features(real.images, ext, cache_dir, real.fingerprint(), progress=cfg.progress)
         ff = extract_features(fake.images, ext, cache_dir, fake.fingerprint(), progress=cfg.progress)
+        feats_cache[name] = (fr, ff)
         standard = bool(getattr(ext, "standard", False))
         scaling = getattr(ext, "scaling", "standard")
         d = distribution_metrics(

@@ -7,7 +7,7 @@ would the audit have caught a copy?
 2. Calibration: the same search for held-out *real* images (patients the model never saw). Each detector
    flags a generated image whose distance is below the ``quantile`` of the held-out distances; an image is a
    copy when any detector flags it. The false-alarm rate on held-out images is reported in sample and
-   cross-fitted (thresholds from one half, rate on the other).
+   leave-one-out (each image against thresholds from the others).
 3. Patients: how many training patients have at least one copy.
 4. Self-test: transformed copies of ``planted_per_kind`` training images per kind
    (:mod:`medsd.metrics.planting`) are searched like generated images; the recall per kind must reach
@@ -74,25 +74,24 @@ def _quantiles(x: np.ndarray) -> dict:
     }
 
 
-def calibrate(heldout: dict[str, SearchResult], quantile: float, seed: int = 0) -> dict:
+def calibrate(heldout: dict[str, SearchResult], quantile: float) -> dict:
     """Per-detector thresholds (the ``quantile`` of held-out distances; flag strictly below) and the
-    false-alarm rate of the union on held-out images, in sample and cross-fitted over two random halves."""
+    false-alarm rate of the union on held-out images, in sample and leave-one-out (each image judged by
+    thresholds from all the others: the rate for a new image)."""
     names = list(heldout)
     n = len(heldout[names[0]].dcr)
     thresholds = {d: float(np.quantile(heldout[d].dcr, quantile)) for d in names}
     flagged = np.any([heldout[d].dcr < thresholds[d] for d in names], axis=0)
-    half = np.random.default_rng(seed).permutation(n) < n // 2
-    rates = []
-    for a, b in ((half, ~half), (~half, half)):
-        if a.sum() and b.sum():
-            fl = np.any([heldout[d].dcr[b] < np.quantile(heldout[d].dcr[a], quantile) for d in names], axis=0)
-            rates.append(float(fl.mean()))
+    loo = np.zeros(n, bool)
+    for d in names:
+        x = heldout[d].dcr
+        loo |= np.array([x[i] < np.quantile(np.delete(x, i), quantile) for i in range(n)]) if n > 1 else False
     return {
         "quantile": quantile,
         "thresholds": thresholds,
         "n_heldout": n,
         "false_alarm_rate": float(flagged.mean()),
-        "false_alarm_rate_cross_fitted": float(np.mean(rates)) if rates else None,
+        "false_alarm_rate_leave_one_out": float(loo.mean()),
         "per_detector_false_alarm_rate": {d: float((heldout[d].dcr < thresholds[d]).mean()) for d in names},
     }
 
@@ -201,7 +200,7 @@ def memorisation_audit(
         )
     if len(heldout01) >= 2:
         held = {d.name: d.search(heldout01, indexes[d.name]) for d in detectors}
-        cal = calibrate(held, quantile, seed)
+        cal = calibrate(held, quantile)
     else:
         held, cal = {}, {"quantile": quantile, "thresholds": {d.name: 0.0 for d in detectors}, "n_heldout": 0}
     if ncc_threshold is not None:
