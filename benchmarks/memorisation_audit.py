@@ -24,7 +24,7 @@ from medsd.metrics.memorisation import DEFAULT_QUANTILE, calibrate, default_dete
 from medsd.metrics.planting import PLANT_KINDS, plant_copies
 
 
-def coarse_cost(detector, n_index: int, n_queries: int = 64, seed: int = 0) -> float:
+def coarse_cost(detector, n_index: int, n_queries: int = 32, seed: int = 0) -> float:
     """Seconds per 1,000 queries for the coarse stage against ``n_index`` random unit embeddings."""
     rng = np.random.default_rng(seed)
     dim = detector.coarse_size**2
