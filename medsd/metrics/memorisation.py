@@ -105,14 +105,16 @@ def _flags(results: dict[str, SearchResult], thresholds: dict[str, float]):
     pick = np.where(hits.any(0), np.argmin(np.where(hits, rel, np.inf), axis=0), 0)
     index = np.array([results[names[p]].index[i] for i, p in enumerate(pick)], dtype=int)
     by = [[names[j] for j in range(len(names)) if hits[j, i]] for i in range(hits.shape[1])]
-    return hits.any(0), index, by, pick
+    return hits.any(0), index, by
 
 
 def _same_source(found: np.ndarray, source: np.ndarray, train_patients) -> np.ndarray:
+    """The same training image, or another image of the same (known) patient."""
     if train_patients is None:
         return found == source
-    pid = np.asarray([str(p) for p in train_patients])
-    return pid[found] == pid[source]
+    same = [train_patients[f] not in (None, "") and train_patients[f] == train_patients[s]
+            for f, s in zip(found, source, strict=True)]  # fmt: skip
+    return (found == source) | np.array(same, bool)
 
 
 def self_test(
@@ -131,7 +133,7 @@ def self_test(
     source image when there are no patient ids)."""
     planted, kind_of, source = plant_copies(train01, list(kinds), per_kind, seed=seed)
     results = {d.name: d.search(planted, indexes[d.name]) for d in detectors}
-    flagged, index, _, _ = _flags(results, thresholds)
+    flagged, index, _ = _flags(results, thresholds)
     caught = flagged & _same_source(index, source, train_patients)
     kind_of = np.asarray(kind_of)
     out = {}
@@ -207,7 +209,7 @@ def memorisation_audit(
         cal["thresholds"][detectors[0].name] = 1.0 - ncc_threshold
         cal["fixed_ncc_threshold"] = ncc_threshold
     gen = {d.name: d.search(generated01, indexes[d.name]) for d in detectors}
-    flagged, index, by, _ = _flags(gen, cal["thresholds"])
+    flagged, index, by = _flags(gen, cal["thresholds"])
     test = self_test(train01, detectors, indexes, cal["thresholds"], train_patients, kinds, planted_per_kind,
                      min_recall, seed)  # fmt: skip
     if not test["passed"]:
