@@ -87,6 +87,23 @@ def test_training_checks_the_hub_before_it_starts(tmp_path, monkeypatch, capsys)
     assert not out.exists()
 
 
+def _audit(n_copies=0, valid=True, patients=0):
+    """A memorisation audit as `medsd eval --train` writes it (the fields the gate and the card read)."""
+    return {
+        "version": 2,
+        "valid": valid,
+        "problems": [] if valid else ["self-test recall below 0.9 for: shift"],
+        "n_copies": n_copies,
+        "n_train_patients": 40,
+        "n_train_patients_with_copy": patients,
+        "settings": {"method": "registered NCC and DCT perceptual hash", "n_generated": 8},
+        "calibration": {"quantile": 0.005, "thresholds": {"registered_ncc": 0.05}, "n_heldout": 239,
+                        "false_alarm_rate": 0.004, "false_alarm_rate_leave_one_out": 0.013},
+        "self_test": {"per_kind": 20, "min_recall": 0.9, "passed": valid,
+                      "kinds": {"hflip": {"recall": 1.0}, "shift": {"recall": 1.0 if valid else 0.5}}},
+    }  # fmt: skip
+
+
 @pytest.fixture
 def fake_hub(monkeypatch):
     calls = {}
@@ -103,8 +120,7 @@ def test_push_uploads_private_with_hub_id_in_the_card(tmp_path, fake_hub, capsys
     folder = tmp_path / "run"
     _card(folder)
     (folder / "eval").mkdir()
-    report = {"memorisation": {"n_copies": 0, "settings": {"threshold": 0.97, "n_generated": 8}},
-              "distribution": {"radiomics": {"frechet_distance": 12.5, "kid": 0.1}}}  # fmt: skip
+    report = {"memorisation": _audit(), "distribution": {"radiomics": {"frechet_distance": 12.5, "kid": 0.1}}}
     (folder / "eval" / "report.json").write_text(json.dumps(report))
     assert main(["push", str(folder), "--repo_id", "me/model", "--token", TOKEN]) == 0
     assert fake_hub["create"] == ("me/model", {"private": True, "exist_ok": True, "token": TOKEN})
@@ -114,6 +130,7 @@ def test_push_uploads_private_with_hub_id_in_the_card(tmp_path, fake_hub, capsys
     )
     card = (folder / "README.md").read_text()
     assert 'from_pretrained("me/model")' in card and "12.5" in card and "0 of 8" in card
+    assert "### Memorisation audit" in card and "shift 1.00" in card and "Pushed with" not in card
     assert check_model_card(folder / "README.md", model_id="me/model") == []
     assert TOKEN not in capsys.readouterr().out
 
@@ -121,9 +138,31 @@ def test_push_uploads_private_with_hub_id_in_the_card(tmp_path, fake_hub, capsys
 def test_push_refuses_memorised_models_unless_allowed(tmp_path, fake_hub, capsys):
     folder = tmp_path / "run"
     _card(folder)
-    report = {"memorisation": {"n_copies": 3, "settings": {"threshold": 0.97, "n_generated": 8}}}
-    (folder / "eval_report.json").write_text(json.dumps(report))
+    (folder / "eval_report.json").write_text(json.dumps({"memorisation": _audit(n_copies=3, patients=2)}))
     assert main(["push", str(folder), "--repo_id", "me/model", "--token", TOKEN]) == 2
-    assert "near-copies" in capsys.readouterr().err and "upload" not in fake_hub
+    err = capsys.readouterr().err
+    assert "3 of 8 generated images are near-copies" in err and "of 2 training patients" in err
+    assert "--allow_memorised" in err and "upload" not in fake_hub
+    assert main(["push", str(folder), "--repo_id", "me/model", "--token", TOKEN, "--skip_audit"]) == 2
     assert main(["push", str(folder), "--repo_id", "me/model", "--token", TOKEN, "--allow_memorised"]) == 0
     assert "upload" in fake_hub
+    assert "Pushed with --allow_memorised" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "report, why",
+    [(None, "no memorisation audit"), ({"memorisation": _audit(valid=False)}, "audit invalid"),
+     ({"memorisation": {"n_copies": 0, "settings": {"threshold": 0.97, "n_generated": 8}}}, "without calibration")],
+)  # fmt: skip
+def test_push_refuses_a_missing_or_invalid_audit_unless_skipped(tmp_path, fake_hub, capsys, report, why):
+    folder = tmp_path / "run"
+    _card(folder)
+    if report is not None:
+        (folder / "eval_report.json").write_text(json.dumps(report))
+    assert main(["push", str(folder), "--repo_id", "me/model", "--token", TOKEN]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and why in err[0] and "--skip_audit" in err[0] and "upload" not in fake_hub
+    assert main(["push", str(folder), "--repo_id", "me/model", "--token", TOKEN, "--allow_memorised"]) == 2
+    assert main(["push", str(folder), "--repo_id", "me/model", "--token", TOKEN, "--skip_audit"]) == 0
+    card = (folder / "README.md").read_text()
+    assert "upload" in fake_hub and "Pushed with --skip_audit" in card and why in card

@@ -12,8 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "push",
         help="upload a trained model folder to the Hugging Face Hub (private by default)",
         description="Upload a finished medsd output folder (model, card; no checkpoints or logs) to the Hub. "
-        "Refused when the memorisation audit of a `medsd eval` report (OUTPUT_DIR/eval/report.json or "
-        "--eval_report) found near-copies of training images, unless --allow_memorised.",
+        "Refused when the memorisation audit of a `medsd eval --train` report (OUTPUT_DIR/eval/report.json or "
+        "--eval_report) found copies of training images (unless --allow_memorised), or is missing or invalid "
+        "(unless --skip_audit); the card then says which flag let it through.",
     )
     p.add_argument("output_dir", help="a finished training output folder")
     p.add_argument("--repo_id", required=True, help="NAME/REPO on the Hub")
@@ -24,7 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--public", action="store_true", help="make the repo public (default: private)")
     p.add_argument("--eval_report", default=None, help="a `medsd eval` report.json for the card and the gate")
-    p.add_argument("--allow_memorised", action="store_true", help="push even if the audit found near-copies")
+    p.add_argument(
+        "--allow_memorised",
+        action="store_true",
+        help="push even if the audit found copies (the card says so)",
+    )
+    p.add_argument(
+        "--skip_audit",
+        action="store_true",
+        help="push without a valid memorisation audit (missing or invalid; the card says so)",
+    )
     add_allow_pickle(p)
     p.set_defaults(func=run)
 
@@ -43,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         token=args.token,
         private=not args.public,
         allow_memorised=args.allow_memorised,
+        skip_audit=args.skip_audit,
         eval_report=args.eval_report,
     )
     return 0

@@ -4,6 +4,14 @@ Only numpy is imported here; torch, torchmetrics, scipy, scikit-image, open_clip
 the functions that need them.
 """
 
+from .audit_gate import (
+    AuditVerdict,
+    MemorisationGateError,
+    audit_card_section,
+    audit_verdict,
+    check_audit_for_push,
+)
+from .copy_search import PerceptualHash, RegisteredNCC, SearchResult
 from .distribution import (
     distribution_metrics,
     frechet_distance,
@@ -36,6 +44,7 @@ from .features import (
 from .io import ImageSet, load_image_set, load_subsampled
 from .memorisation import memorisation_audit, ncc_matrix, nearest_by_ncc
 from .paired import acutance, class_set_table, edge_sharpness, lpips, mae, ms_ssim, paired_metrics, psnr, ssim
+from .planting import plant_copies, transform_copies
 from .reader_study import (
     cohen_kappa,
     export_reader_study,
@@ -48,6 +57,16 @@ from .reader_study import (
 from .subsample import stratified_subsample
 
 __all__ = [
+    "AuditVerdict",
+    "MemorisationGateError",
+    "audit_card_section",
+    "audit_verdict",
+    "check_audit_for_push",
+    "PerceptualHash",
+    "RegisteredNCC",
+    "SearchResult",
+    "plant_copies",
+    "transform_copies",
     "stratified_subsample",
     "load_subsampled",
     "render_scores_markdown",

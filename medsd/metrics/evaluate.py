@@ -47,7 +47,11 @@ class EvalConfig:
     k: int = 3
     kid_subsets: int = 100
     kid_subset_size: int = 1000
-    copy_threshold: float = 0.97
+    copy_threshold: float | None = None
+    """A fixed registered-NCC copy threshold instead of the calibrated one (None: calibrated)."""
+    copy_quantile: float = 0.005
+    planted_per_kind: int = 20
+    min_planted_recall: float = 0.9
     ncc_size: int = 64
     diversity_pairs: int = 200
     class_pairs: int = 500
@@ -394,48 +398,11 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
     # 7. memorisation audit
     exit_code = EXIT_OK
     if train is not None:
-        from .memorisation import memorisation_audit, plot_nn_gallery, plot_similarity_histogram, strip_arrays
+        from .audit_report import memorisation_section
 
-        train_paths = {os.path.realpath(p) for p in train.paths}
-        keep = (
-            [i for i, p in enumerate(real.paths) if os.path.realpath(p) not in train_paths]
-            if real.paths
-            else []
-        )
-        test = real.subset(keep) if real.paths else real
-        fname = next(iter(extractors))
-        ext = extractors[fname]
-        fr, ff = feats_cache[fname]
-        ft = extract_features(train.images, ext, cache_dir, train.fingerprint(), progress=cfg.progress)
-        ft_z, fr_z, ff_z = scale_features(ft, fr, ff, scaling=getattr(ext, "scaling", "standard"))
-        audit = memorisation_audit(
-            fake.images,
-            train.images,
-            test.images,
-            threshold=cfg.copy_threshold,
-            size=cfg.ncc_size,
-            generated_feats=ff_z,
-            train_feats=ft_z,
-            real_test_feats=fr_z[keep] if real.paths else fr_z,
-        )
-        report["figures"]["nn_similarity_histogram"] = os.path.relpath(
-            plot_similarity_histogram(audit, fig_dir / "nn_similarity_histogram.png"), out
-        )
-        if cfg.image_figures:
-            report["figures"]["nn_pairs"] = os.path.relpath(
-                plot_nn_gallery(fake.images, train.images, audit, fig_dir / "nn_pairs.png"), out
-            )
-        mem = strip_arrays(audit)
-        mem["feature_space"] = f"{fname} (scaled with the train set: {getattr(ext, 'scaling', 'standard')})"
-        for c in mem["copies"]:
-            c["generated_path"] = fake.paths[c["generated_index"]] if fake.paths else None
-            c["train_path"] = train.paths[c["train_index"]] if train.paths else None
-        report["memorisation"] = mem
-        if mem["n_copies"] > 0:
-            exit_code = EXIT_COPIES
-        log(
-            f"memorisation: {mem['n_copies']} / {len(fake)} generated images with NCC >= {cfg.copy_threshold}"
-        )
+        report["memorisation"], figures = memorisation_section(fake, train, real, cfg, fig_dir, out, log)
+        report["figures"].update(figures)
+        exit_code = EXIT_COPIES if report["memorisation"]["n_copies"] > 0 else EXIT_OK
 
     # 8. downstream utility
     if cfg.downstream:
@@ -626,30 +593,9 @@ def render_markdown(r: dict) -> str:
     if "paired" in r:
         lines += ["", "## Paired metrics", "", "```", json.dumps(r["paired"], indent=1), "```"]
     if "memorisation" in r:
-        m = r["memorisation"]
-        g, b = m["generated_nn_ncc"], m.get("baseline_real_test_nn_ncc", {})
-        lines += [
-            "",
-            "## Memorisation audit",
-            "",
-            f"NCC on {m['settings']['size']} px images to the nearest training image; copy threshold "
-            f"{m['settings']['threshold']}.",
-            "",
-            "| | median | p95 | p99 | max |",
-            "|---|---|---|---|---|",
-            f"| generated → train | {_f(g.get('median'))} | {_f(g.get('p95'))} | {_f(g.get('p99'))} | "
-            f"{_f(g.get('max'))} |",
-        ]
-        if b:
-            lines.append(
-                f"| real test → train (baseline) | {_f(b.get('median'))} | {_f(b.get('p95'))} | "
-                f"{_f(b.get('p99'))} | {_f(b.get('max'))} |"
-            )
-        lines += [
-            "",
-            f"**{m['n_copies']} of {m['settings']['n_generated']} generated images flagged as copies** "
-            f"(real-test false-alarm rate at this threshold: {_f(m.get('baseline_fraction_above_threshold'))}).",
-        ]
+        from .audit_report import memorisation_markdown
+
+        lines += memorisation_markdown(r["memorisation"])
     if "downstream" in r:
         d = r["downstream"]
         lines += ["", "## Downstream utility (train on X, test on held-out real)", ""]

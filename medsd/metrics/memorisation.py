@@ -1,207 +1,273 @@
-"""Memorisation / privacy audit: are generated images copies of training images?
+"""Memorisation / privacy audit: are generated images copies of training images, of how many patients, and
+would the audit have caught a copy?
 
-For every generated image we find its nearest training images
-
-- by normalised cross-correlation (NCC, = Pearson correlation of pixels) on images downsampled to ``size`` px
-  (64 by default, which ignores noise and fine texture but keeps anatomy and layout), and
-- by Euclidean distance in a (real-standardised) feature space, when features are given.
-
-The baseline is the same search for held-out *real* images (``real_test``) against the training set: how similar
-is a genuinely new image to its closest training image. A generated image is flagged as a copy when its NCC to
-the nearest training image is at least ``threshold`` (default 0.97, see docs/evaluation.md for the reasoning; the
-report also gives the fraction of real test images above it, i.e. the false-alarm rate of the threshold on real
-data).
+1. Search: every generated image's nearest training image by two detectors of different kinds
+   (:mod:`medsd.metrics.copy_search`: registration-aware NCC and a DCT perceptual hash), each searched over the
+   changes training and sampling make (flips, shifts, crops, rotations, intensity, noise, blur).
+2. Calibration: the same search for held-out *real* images (patients the model never saw). Each detector
+   flags a generated image whose distance is below the ``quantile`` of the held-out distances; an image is a
+   copy when any detector flags it. The false-alarm rate on held-out images is reported in sample and
+   leave-one-out (each image against thresholds from the others).
+3. Patients: how many training patients have at least one copy.
+4. Self-test: transformed copies of ``planted_per_kind`` training images per kind
+   (:mod:`medsd.metrics.planting`) are searched like generated images; the recall per kind must reach
+   ``min_recall`` or the audit is invalid. Planted images never enter the generated set, the copies or counts.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-DEFAULT_COPY_THRESHOLD = 0.97
+from .copy_search import PerceptualHash, RegisteredNCC, SearchResult
+from .planting import PLANT_KINDS, plant_copies
+
+DEFAULT_QUANTILE = 0.005
+DEFAULT_PLANTED_PER_KIND = 20
+DEFAULT_MIN_RECALL = 0.9
 DEFAULT_NCC_SIZE = 64
+AUDIT_VERSION = 2
 
 
-def _downsample(images01: np.ndarray, size: int) -> np.ndarray:
+def default_detectors(size: int = DEFAULT_NCC_SIZE) -> list:
+    """Registered NCC at ``size`` px (blur and band-pass scaled from their 64 px values) and the DCT hash."""
+    return [RegisteredNCC(size=size, blur=size / 64, highpass=5 * size / 64), PerceptualHash()]
+
+
+def _normalise_rows(images01: np.ndarray, size: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
     x = torch.from_numpy(np.asarray(images01, dtype=np.float32))[:, None]
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="area")
-    return x[:, 0].numpy()
-
-
-def _normalise_rows(images01: np.ndarray, size: int) -> np.ndarray:
-    x = _downsample(images01, size).reshape(len(images01), -1).astype(np.float64)
+    x = x[:, 0].numpy().reshape(len(images01), -1).astype(np.float64)
     x = x - x.mean(axis=1, keepdims=True)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(n > 1e-12, n, 1.0)
 
 
 def ncc_matrix(query01: np.ndarray, reference01: np.ndarray, size: int = DEFAULT_NCC_SIZE) -> np.ndarray:
-    """NCC between every query and every reference image, ``[Nq, Nr]`` in [-1, 1]."""
+    """Plain NCC (no registration) between every query and every reference image, ``[Nq, Nr]`` in [-1, 1]."""
     return _normalise_rows(query01, size) @ _normalise_rows(reference01, size).T
 
 
 def nearest_by_ncc(
-    query01: np.ndarray,
-    reference01: np.ndarray,
-    size: int = DEFAULT_NCC_SIZE,
-    top_k: int = 1,
-    chunk: int = 512,
+    query01: np.ndarray, reference01: np.ndarray, size: int = DEFAULT_NCC_SIZE, top_k: int = 1
 ):
-    """Top-k most correlated reference images for each query: ``(similarity [Nq, k], index [Nq, k])``."""
-    ref = _normalise_rows(reference01, size)
-    sims, idx = [], []
-    for i in range(0, len(query01), chunk):
-        s = _normalise_rows(query01[i : i + chunk], size) @ ref.T
-        k = min(top_k, s.shape[1])
-        order = np.argsort(-s, axis=1)[:, :k]
-        idx.append(order)
-        sims.append(np.take_along_axis(s, order, axis=1))
-    return np.concatenate(sims), np.concatenate(idx)
-
-
-def nearest_by_features(query_feats: np.ndarray, reference_feats: np.ndarray):
-    """Nearest reference (Euclidean) for each query feature vector: ``(distance [Nq], index [Nq])``."""
-    q = np.asarray(query_feats, np.float64)
-    r = np.asarray(reference_feats, np.float64)
-    d2 = (q * q).sum(1)[:, None] + (r * r).sum(1)[None, :] - 2 * q @ r.T
-    d = np.sqrt(np.maximum(d2, 0))
-    i = d.argmin(axis=1)
-    return d[np.arange(len(q)), i], i
+    """Top-k most correlated reference images by plain NCC: ``(similarity [Nq, k], index [Nq, k])``."""
+    s = ncc_matrix(query01, reference01, size)
+    order = np.argsort(-s, axis=1)[:, : min(top_k, s.shape[1])]
+    return np.take_along_axis(s, order, axis=1), order
 
 
 def _quantiles(x: np.ndarray) -> dict:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
     if len(x) == 0:
         return {}
     q = np.percentile(x, [1, 5, 50, 95, 99])
+    keys = ("p01", "p05", "median", "p95", "p99")
     return {
         "min": float(x.min()),
-        "p01": float(q[0]),
-        "p05": float(q[1]),
-        "median": float(q[2]),
-        "p95": float(q[3]),
-        "p99": float(q[4]),
+        **{k: float(v) for k, v in zip(keys, q, strict=True)},
         "max": float(x.max()),
-        "mean": float(x.mean()),
     }
+
+
+def calibrate(heldout: dict[str, SearchResult], quantile: float) -> dict:
+    """Per-detector thresholds (the ``quantile`` of held-out distances; flag strictly below) and the
+    false-alarm rate of the union on held-out images, in sample and leave-one-out (each image judged by
+    thresholds from all the others: the rate for a new image)."""
+    names = list(heldout)
+    n = len(heldout[names[0]].dcr)
+    thresholds = {d: float(np.quantile(heldout[d].dcr, quantile)) for d in names}
+    flagged = np.any([heldout[d].dcr < thresholds[d] for d in names], axis=0)
+    loo = np.zeros(n, bool)
+    for d in names:
+        x = heldout[d].dcr
+        loo |= np.array([x[i] < np.quantile(np.delete(x, i), quantile) for i in range(n)]) if n > 1 else False
+    return {
+        "quantile": quantile,
+        "thresholds": thresholds,
+        "n_heldout": n,
+        "false_alarm_rate": float(flagged.mean()),
+        "false_alarm_rate_leave_one_out": float(loo.mean()),
+        "per_detector_false_alarm_rate": {d: float((heldout[d].dcr < thresholds[d]).mean()) for d in names},
+    }
+
+
+def _flags(results: dict[str, SearchResult], thresholds: dict[str, float]):
+    """Per query: flagged by any detector, the training index of the most confident flagging detector (lowest
+    distance relative to its threshold; the NCC detector when none flags) and which detectors flagged."""
+    names = list(results)
+    rel = np.stack([results[d].dcr / max(thresholds[d], 1e-12) for d in names])
+    hits = np.stack([results[d].dcr < thresholds[d] for d in names])
+    pick = np.where(hits.any(0), np.argmin(np.where(hits, rel, np.inf), axis=0), 0)
+    index = np.array([results[names[p]].index[i] for i, p in enumerate(pick)], dtype=int)
+    by = [[names[j] for j in range(len(names)) if hits[j, i]] for i in range(hits.shape[1])]
+    return hits.any(0), index, by
+
+
+def _same_source(found: np.ndarray, source: np.ndarray, train_patients) -> np.ndarray:
+    """The same training image, or another image of the same (known) patient."""
+    if train_patients is None:
+        return found == source
+    same = [train_patients[f] not in (None, "") and train_patients[f] == train_patients[s]
+            for f, s in zip(found, source, strict=True)]  # fmt: skip
+    return (found == source) | np.array(same, bool)
+
+
+def self_test(
+    train01: np.ndarray,
+    detectors: list,
+    indexes: dict,
+    thresholds: dict[str, float],
+    train_patients=None,
+    kinds=tuple(PLANT_KINDS),
+    per_kind: int = DEFAULT_PLANTED_PER_KIND,
+    min_recall: float = DEFAULT_MIN_RECALL,
+    seed: int = 0,
+) -> dict:
+    """Plant ``per_kind`` transformed copies of training images per kind, search them like generated images
+    and report the recall per kind (caught = flagged and matched to the source image's patient, or to the
+    source image when there are no patient ids)."""
+    planted, kind_of, source = plant_copies(train01, list(kinds), per_kind, seed=seed)
+    results = {d.name: d.search(planted, indexes[d.name]) for d in detectors}
+    flagged, index, _ = _flags(results, thresholds)
+    caught = flagged & _same_source(index, source, train_patients)
+    kind_of = np.asarray(kind_of)
+    out = {}
+    for k in kinds:
+        m = kind_of == k
+        per_det = {d: float(((results[d].dcr < thresholds[d]) & m).sum() / m.sum()) for d in results}
+        out[k] = {
+            "description": PLANT_KINDS[k],
+            "n": int(m.sum()),
+            "recall": float(caught[m].mean()),
+            "recall_by_detector": per_det,
+        }
+    failed = [k for k, v in out.items() if v["recall"] < min_recall]
+    return {
+        "min_recall": min_recall,
+        "per_kind": per_kind,
+        "kinds": out,
+        "passed": not failed,
+        "failed": failed,
+    }
+
+
+def _patients_not_in_train(heldout_patients, train_patients) -> np.ndarray:
+    if heldout_patients is None or train_patients is None:
+        return np.ones(0 if heldout_patients is None else len(heldout_patients), bool)
+    train_set = {str(p) for p in train_patients if p not in (None, "")}
+    return np.array([str(p) not in train_set or p in (None, "") for p in heldout_patients], bool)
 
 
 def memorisation_audit(
     generated01: np.ndarray,
     train01: np.ndarray,
-    real_test01: np.ndarray | None = None,
-    threshold: float = DEFAULT_COPY_THRESHOLD,
+    heldout01: np.ndarray | None,
+    *,
+    train_patients: list | None = None,
+    heldout_patients: list | None = None,
+    quantile: float = DEFAULT_QUANTILE,
+    planted_per_kind: int = DEFAULT_PLANTED_PER_KIND,
+    min_recall: float = DEFAULT_MIN_RECALL,
+    kinds=tuple(PLANT_KINDS),
     size: int = DEFAULT_NCC_SIZE,
-    generated_feats: np.ndarray | None = None,
-    train_feats: np.ndarray | None = None,
-    real_test_feats: np.ndarray | None = None,
-    top_k: int = 3,
+    ncc_threshold: float | None = None,
+    detectors: list | None = None,
+    seed: int = 0,
 ) -> dict:
-    """Nearest-training-image search for generated (and, as baseline, real test) images.
+    """Search, calibrate, count patients and self-test (see the module docstring).
 
-    Returns a JSON-able dict; the arrays used by the figures are under the ``"_arrays"`` key (drop it before
-    serialising, :func:`strip_arrays`).
+    ``heldout01``: real images of patients outside training (the calibration reference); images whose patient
+    is among ``train_patients`` are left out of it. ``ncc_threshold``: a fixed NCC (copy when the registered
+    NCC is at least this) instead of the calibrated one for the NCC detector. Returns a JSON-able dict; the
+    search results used by the figures are under ``"_arrays"`` (:func:`strip_arrays` drops them).
     """
-    g_sim, g_idx = nearest_by_ncc(generated01, train01, size=size, top_k=top_k)
-    copies = g_sim[:, 0] >= threshold
+    detectors = detectors or default_detectors(size)
+    reasons: list[str] = []
+    notes: list[str] = []
+    indexes = {d.name: d.index(train01) for d in detectors}
+    heldout01 = np.zeros((0, *train01.shape[1:]), np.float32) if heldout01 is None else heldout01
+    new = _patients_not_in_train(heldout_patients, train_patients)
+    if len(new) and not new.all():
+        notes.append(f"{int((~new).sum())} held-out images share a patient with training (left out)")
+        heldout01 = heldout01[new]
+    need = int(np.ceil(1 / quantile))
+    if len(heldout01) < max(need, 2):
+        reasons.append(
+            f"{len(heldout01)} held-out images are too few to calibrate the {quantile:g} quantile (need {need})"
+        )
+    if len(heldout01) >= 2:
+        held = {d.name: d.search(heldout01, indexes[d.name]) for d in detectors}
+        cal = calibrate(held, quantile)
+    else:
+        held, cal = {}, {"quantile": quantile, "thresholds": {d.name: 0.0 for d in detectors}, "n_heldout": 0}
+    if ncc_threshold is not None:
+        cal["thresholds"][detectors[0].name] = 1.0 - ncc_threshold
+        cal["fixed_ncc_threshold"] = ncc_threshold
+    gen = {d.name: d.search(generated01, indexes[d.name]) for d in detectors}
+    flagged, index, by = _flags(gen, cal["thresholds"])
+    test = self_test(train01, detectors, indexes, cal["thresholds"], train_patients, kinds, planted_per_kind,
+                     min_recall, seed)  # fmt: skip
+    if not test["passed"]:
+        reasons.append(f"self-test recall below {min_recall:g} for: {', '.join(test['failed'])}")
+    copies = [_copy_entry(i, int(index[i]), by[i], gen, train_patients) for i in np.flatnonzero(flagged)]
     out = {
+        "version": AUDIT_VERSION,
+        "valid": not reasons,
+        "problems": reasons,
+        "notes": notes,
         "settings": {
-            "method": "NCC (Pearson) on area-downsampled images",
+            "method": "registered NCC and DCT perceptual hash, thresholds calibrated on held-out real images",
+            "detectors": {d.name: d.invariant_to for d in detectors},
             "size": size,
-            "threshold": threshold,
-            "top_k": top_k,
+            "quantile": quantile,
             "n_generated": int(len(generated01)),
             "n_train": int(len(train01)),
+            "n_heldout": int(len(heldout01)),
         },
-        "generated_nn_ncc": _quantiles(g_sim[:, 0]),
-        "n_copies": int(copies.sum()),
-        "fraction_copies": float(copies.mean()) if len(copies) else 0.0,
-        "copies": [
-            {"generated_index": int(i), "train_index": int(g_idx[i, 0]), "ncc": float(g_sim[i, 0])}
-            for i in np.flatnonzero(copies)
-        ],
-        "_arrays": {"gen_sim": g_sim, "gen_idx": g_idx},
+        "calibration": cal,
+        "self_test": test,
+        **_patient_counts(copies, train_patients, len(generated01)),
+        "dcr": {
+            "generated": {d: _quantiles(r.dcr) for d, r in gen.items()},
+            "heldout": {d: _quantiles(r.dcr) for d, r in held.items()},
+        },
+        "nndr": {
+            "generated": {d: _quantiles(r.nndr) for d, r in gen.items()},
+            "heldout": {d: _quantiles(r.nndr) for d, r in held.items()},
+        },
+        "copies": copies,
+        "_arrays": {"generated": gen, "heldout": held},
     }
-    if real_test01 is not None and len(real_test01):
-        t_sim, t_idx = nearest_by_ncc(real_test01, train01, size=size, top_k=1)
-        out["baseline_real_test_nn_ncc"] = _quantiles(t_sim[:, 0])
-        out["baseline_fraction_above_threshold"] = float((t_sim[:, 0] >= threshold).mean())
-        out["settings"]["n_real_test"] = int(len(real_test01))
-        out["_arrays"]["test_sim"] = t_sim[:, 0]
-    if generated_feats is not None and train_feats is not None:
-        gd, gi = nearest_by_features(generated_feats, train_feats)
-        out["generated_nn_feature_distance"] = _quantiles(gd)
-        out["_arrays"]["gen_feat_dist"] = gd
-        if real_test_feats is not None and len(real_test_feats):
-            td, _ = nearest_by_features(real_test_feats, train_feats)
-            out["baseline_real_test_nn_feature_distance"] = _quantiles(td)
-            thr = float(np.percentile(td, 1))
-            out["fraction_generated_closer_than_real_p01"] = float((gd < thr).mean())
-            out["_arrays"]["test_feat_dist"] = td
     return out
+
+
+def _copy_entry(i: int, train_index: int, by: list[str], gen: dict, train_patients) -> dict:
+    return {
+        "generated_index": int(i),
+        "train_index": train_index,
+        "train_patient": None if train_patients is None else train_patients[train_index],
+        "flagged_by": by,
+        "distance": {d: float(r.dcr[i]) for d, r in gen.items()},
+        "match": {d: r.transform[i] for d, r in gen.items() if r.transform},
+    }
+
+
+def _patient_counts(copies: list[dict], train_patients, n_generated: int) -> dict:
+    patients = {str(c["train_patient"]) for c in copies if c["train_patient"] not in (None, "")}
+    known = train_patients is not None and any(p not in (None, "") for p in train_patients)
+    return {
+        "n_copies": len(copies),
+        "fraction_copies": len(copies) / n_generated if n_generated else 0.0,
+        "n_train_images_copied": len({c["train_index"] for c in copies}),
+        "n_train_patients": len({str(p) for p in train_patients if p not in (None, "")}) if known else None,
+        "n_train_patients_with_copy": len(patients) if known else None,
+    }
 
 
 def strip_arrays(d: dict) -> dict:
     return {k: v for k, v in d.items() if k != "_arrays"}
-
-
-def plot_similarity_histogram(audit: dict, path: str | Path) -> str:
-    """Histogram of nearest-training-image NCC: generated vs real-test baseline, with the copy threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arr = audit["_arrays"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(min(0.0, float(arr["gen_sim"][:, 0].min())), 1.0, 51)
-    ax.hist(arr["gen_sim"][:, 0], bins=bins, alpha=0.6, label="generated -> train", density=True)
-    if "test_sim" in arr:
-        ax.hist(arr["test_sim"], bins=bins, alpha=0.6, label="real test -> train (baseline)", density=True)
-    ax.axvline(audit["settings"]["threshold"], color="red", linestyle="--", label="copy threshold")
-    ax.set_xlabel(f"NCC to nearest training image ({audit['settings']['size']} px)")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
-
-
-def plot_nn_gallery(
-    generated01: np.ndarray, train01: np.ndarray, audit: dict, path: str | Path, n: int = 8
-) -> str:
-    """Gallery of the ``n`` generated images most similar to a training image (top row: generated, bottom row:
-    their nearest training image), titled with the NCC values."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sim, idx = audit["_arrays"]["gen_sim"][:, 0], audit["_arrays"]["gen_idx"][:, 0]
-    order = np.argsort(-sim)[: min(n, len(sim))]
-    h, w = generated01.shape[1:]
-    pad = 2
-    cols = len(order)
-    m = np.ones((2 * h + 3 * pad, cols * (w + pad) + pad), np.float32)
-    for j, g in enumerate(order):
-        x0 = pad + j * (w + pad)
-        m[pad : pad + h, x0 : x0 + w] = generated01[g]
-        m[2 * pad + h : 2 * pad + 2 * h, x0 : x0 + w] = train01[idx[g]]
-    fig, ax = plt.subplots(figsize=(1.5 * cols + 0.5, 3.6))
-    ax.imshow(m, cmap="gray", vmin=0, vmax=1)
-    ax.set_xticks(
-        [pad + j * (w + pad) + w / 2 for j in range(cols)],
-        [f"{sim[g]:.3f}\ngen {g}/train {idx[g]}" for g in order],
-        fontsize=7,
-    )
-    ax.set_yticks([pad + h / 2, 2 * pad + 1.5 * h], ["generated", "nearest train"], fontsize=8)
-    ax.set_title("closest generated/training pairs (NCC)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medsd.errors import MedsdError
+from medsd.metrics.audit_gate import AuditVerdict, MemorisationGateError, check_audit_for_push
 
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", "samples/**"]
 EVAL_REPORT_CANDIDATES = ("eval/report.json", "eval_report.json")
@@ -85,28 +86,22 @@ def find_eval_report(folder: str | Path, report: str | Path | None = None) -> Pa
     return None
 
 
-def memorisation_gate(report: dict[str, Any] | None, allow_memorised: bool = False) -> str:
-    """Refuse when the audit found near-copies of training images; returns a one-line verdict."""
-    mem = (report or {}).get("memorisation")
-    if not isinstance(mem, dict):
-        return (
-            "no memorisation audit found (run `medsd eval --train ...` and pass --eval_report to include one)"
-        )
-    n = int(mem.get("n_copies") or 0)
-    total = (mem.get("settings") or {}).get("n_generated")
-    thr = (mem.get("settings") or {}).get("threshold")
-    if n > 0 and not allow_memorised:
-        raise HubError(
-            f"refusing to push: the memorisation audit found {n} of {total} generated images with NCC >= {thr} "
-            "to a training image (near-copies); retrain or pass --allow_memorised to push anyway"
-        )
-    return f"memorisation audit: {n} of {total} generated images are near-copies" + (
-        " (allowed)" if n else ""
-    )
+def memorisation_gate(
+    report: dict[str, Any] | None, allow_memorised: bool = False, skip_audit: bool = False
+) -> AuditVerdict:
+    """Refuse (one line naming the flag) when the audit found copies, or is missing or invalid; the verdict
+    otherwise (:func:`medsd.metrics.audit_gate.check_audit_for_push`)."""
+    try:
+        return check_audit_for_push(report, allow_memorised=allow_memorised, skip_audit=skip_audit)
+    except MemorisationGateError as e:
+        raise HubError(str(e)) from None
 
 
-def refresh_card_for_hub(folder: Path, repo_id: str, report: dict[str, Any] | None) -> Path:
-    """Name the Hub id in the card's usage snippet and put the evaluation figures in it."""
+def refresh_card_for_hub(
+    folder: Path, repo_id: str, report: dict[str, Any] | None, verdict: AuditVerdict | None = None
+) -> Path:
+    """Name the Hub id in the card's usage snippet and put the evaluation figures and the memorisation audit
+    (with any override the push used) in it."""
     from .model_card import evaluation_section
 
     card = folder / "README.md"
@@ -114,10 +109,10 @@ def refresh_card_for_hub(folder: Path, repo_id: str, report: dict[str, Any] | No
         raise HubError(f"{folder} has no README.md model card; is it a finished medsd output folder?")
     text = card.read_text()
     text = text.replace(f'"{folder.name}"', f'"{repo_id}"').replace(f'"{folder}"', f'"{repo_id}"')
-    if report is not None and "## Evaluation" in text:
+    if (report is not None or verdict is not None) and "## Evaluation" in text:
         head, rest = text.split("## Evaluation", 1)
         tail = rest[rest.find("\n## ") :] if "\n## " in rest else "\n"
-        text = f"{head}## Evaluation\n\n{evaluation_section(report)}\n{tail}"
+        text = f"{head}## Evaluation\n\n{evaluation_section(report, verdict)}\n{tail}"
     card.write_text(text)
     return card
 
@@ -130,6 +125,7 @@ def push_folder(
     allow_memorised: bool = False,
     eval_report: str | Path | None = None,
     check: bool = True,
+    skip_audit: bool = False,
 ) -> str:
     """Upload a finished output folder: memorisation gate, card refresh and checks, then create and upload.
 
@@ -144,16 +140,16 @@ def push_folder(
         raise HubError(f"{folder} is not a folder")
     report_path = find_eval_report(folder, eval_report)
     report = load_eval_report(report_path)
-    verdict = memorisation_gate(report, allow_memorised)
+    verdict = memorisation_gate(report, allow_memorised, skip_audit)
     tok = resolve_token(token)
     if check:
         check_hub_ready(repo_id, tok)
     assert repo_id is not None
-    card = refresh_card_for_hub(folder, repo_id, report)
+    card = refresh_card_for_hub(folder, repo_id, report, verdict)
     problems = check_model_card(card, model_id=repo_id)
     if problems:
         raise HubError(f"{card}: model card problems: {'; '.join(problems)}")
-    print(f"medsd push: {verdict}")
+    print(f"medsd push: {verdict.message}")
     api = HfApi(token=tok)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, token=tok)

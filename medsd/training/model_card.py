@@ -40,7 +40,7 @@ without sharing patients, testing image pipelines, teaching. Check generated ima
 - Findings in generated images are not evidence of disease; labels or prompts are not guaranteed to be
   depicted.
 - A model can memorise training images; run the memorisation audit (`medsd eval --train ...`) before
-  sharing images or weights. `medsd push` refuses a model whose audit found near-copies.
+  sharing images or weights. `medsd push` refuses a model whose audit found copies or is missing or invalid.
 
 ## Training data
 
@@ -73,11 +73,16 @@ def data_description(train_data: str | None) -> str:
     )
 
 
-def evaluation_section(report: dict[str, Any] | None) -> str:
-    """Figures from a ``medsd eval`` report.json (distribution distances, diversity, memorisation)."""
+def evaluation_section(report: dict[str, Any] | None, verdict: Any = None) -> str:
+    """Figures from a ``medsd eval`` report.json (distribution distances, diversity) and its memorisation audit
+    (:func:`medsd.metrics.audit_gate.audit_card_section`, with the push's ``verdict`` when given)."""
+    from medsd.metrics.audit_gate import audit_card_section
+
+    audit = "\n\n### Memorisation audit\n\n" + audit_card_section(report, verdict)
     if not report:
         return (
             "Not evaluated yet: run `medsd eval` on generated images and push again to include the figures."
+            + audit
         )
     rows = []
     for name, d in (report.get("distribution") or {}).items():
@@ -94,18 +99,11 @@ def evaluation_section(report: dict[str, Any] | None) -> str:
         rows.append(
             f"| mean pairwise MS-SSIM (synthetic / real) | {div['fake']['mean']:.3f} / {div['real']['mean']:.3f} |"
         )
-    mem = report.get("memorisation")
-    if isinstance(mem, dict):
-        thr = (mem.get("settings") or {}).get("threshold")
-        rows.append(
-            f"| memorisation audit: generated images with NCC >= {thr} to a training image | "
-            f"{mem.get('n_copies')} of {(mem.get('settings') or {}).get('n_generated')} |"
-        )
     if not rows:
-        return "A `medsd eval` report is present but holds no summary figures."
+        return "A `medsd eval` report is present but holds no summary figures." + audit
     n_fake = ((report.get("sets") or {}).get("fake") or {}).get("n_images")
     head = f"`medsd eval` on {n_fake} generated images:\n\n" if n_fake else "`medsd eval`:\n\n"
-    return head + "| metric | value |\n| --- | --- |\n" + "\n".join(rows)
+    return head + "| metric | value |\n| --- | --- |\n" + "\n".join(rows) + audit
 
 
 def write_model_card(
