@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from medsd.data import PhantomDataset
     from medsd.metrics import EvalConfig, evaluate
     from medsd.pipelines.ddpm import MedDDPMPipeline
-    from medsd.training.core import save_image_grid
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
+    from medsd.training.figures import save_image_grid
 
     if args.num_images < args.train_batch_size:
         from medsd.errors import MedsdConfigError

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import TrainConfig, save_config
+from .figures import image_grid, save_loss_curve
 from .run_guard import apply_config_to_state, checkpoint_to_resume, config_record, lock_output_dir
 from .signals import StopSignals, TrainingInterrupted
 from .task import PREDICTION_TYPES, BatchSource, TrainingTask, default_collate, diffusion_target
@@ -478,7 +478,7 @@ class Trainer:
                 self.ema.copy_to(unwrapped[self.task.ema_module].parameters())
             self.task.save(stage, unwrapped, acc)
             save_config(config, stage / "training_config.yaml")
-            _save_loss_curve(self.history, stage / "loss_curve.png")
+            save_loss_curve(self.history, stage / "loss_curve.png")
             summary = {
                 "steps": self.global_step,
                 "seconds": self.seconds,
@@ -544,48 +544,6 @@ def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
     return Trainer(task, config).run()
 
 
-def _save_loss_curve(history: list[tuple[int, float]], path: Path) -> None:
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, losses = zip(*history)
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    ax.plot(steps, losses, lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def image_grid(images: list[Any], cols: int | None = None) -> Any:
-    """PIL images as one grid image (diffusers' ``make_image_grid``; mode "L" when all are)."""
-    from diffusers.utils import make_image_grid
-
-    cols = cols or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    if len(images) < rows * cols:
-        from PIL import Image
-
-        blank = Image.new(images[0].mode, images[0].size)
-        images = list(images) + [blank] * (rows * cols - len(images))
-    grid = make_image_grid(images, rows=rows, cols=cols)
-    return grid.convert("L") if all(im.mode == "L" for im in images) else grid
-
-
-def save_image_grid(images: list[Any], path: Path, cols: int | None = None) -> Path:
-    """Save PIL images as one grid PNG; returns its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, cols).save(path)
-    return path
-
-
 def push_folder_to_hub(
     folder: Path, repo_id: str | None, private: bool = True, token: str | None = None
 ) -> str:
@@ -622,7 +580,6 @@ __all__ = [
     "list_checkpoints",
     "resolve_mixed_precision",
     "image_grid",
-    "save_image_grid",
     "train",
     "weight_dtype_for",
 ]
