@@ -175,3 +175,33 @@ def test_text_to_xray_pipeline_takes_a_string_negative_prompt(tiny_sd_base):
         ["a", "b"], negative_prompt=["blurry"] * 2, generator=torch.Generator().manual_seed(0), **kw
     ).images
     assert a.shape[0] == 2 and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("native_bf16, expected", [("1", "bfloat16"), ("0", "float32")])
+def test_dtype_auto_follows_the_cpu_and_bf16_stays_close_to_fp32(
+    ddpm_dir, tmp_path, monkeypatch, native_bf16, expected
+):
+    monkeypatch.setenv("MEDSD_CPU_BF16", native_bf16)
+    seen = []
+    real_call = MedDDPMPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("autocast_dtype"))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(MedDDPMPipeline, "__call__", spy)
+    common = [ddpm_dir, "--num_images", 2, "--num_inference_steps", 3, "--format", "npy", "--device", "cpu"]
+    _run(*common, "--out", tmp_path / "auto")
+    autocast = None if expected == "float32" else getattr(torch, expected)
+    assert seen == [autocast, autocast]  # one pipeline call per image, each under the chosen autocast
+    assert json.loads((tmp_path / "auto" / "image_00001.json").read_text())["dtype"] == expected
+    _run(*common, "--out", tmp_path / "fp32", "--dtype", "fp32")
+    auto, fp32 = _npy(tmp_path / "auto"), _npy(tmp_path / "fp32")
+    for k in fp32:
+        assert np.isfinite(auto[k]).all()
+        span = fp32[k].max() - fp32[k].min()
+        assert np.abs(auto[k] - fp32[k]).mean() < 0.02 * span, "bf16 autocast drifted from fp32"
+    if expected == "bfloat16":
+        assert any(not np.array_equal(auto[k], fp32[k]) for k in fp32), "bf16 ran in fp32"
+    else:
+        assert all(np.array_equal(auto[k], fp32[k]) for k in fp32)

@@ -38,7 +38,9 @@ from .generate_io import (
 SIDECAR_VERSION = 1
 FORMATS = ("png8", "png16", "dicom", "npy")
 SCHEDULERS = ("default", "ddpm", "ddim", "dpm")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""``--dtype`` values (and the torch names sidecars record, also accepted) -> torch dtype names."""
 DEFAULT_NUM_IMAGES = {"ddpm": 16, "cddpm": 1, "text2xray": 4}
 
 
@@ -80,7 +82,11 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
     )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument(
-        "--dtype", default="float32", choices=DTYPES, help="weights dtype (float16/bfloat16 on GPUs)"
+        "--dtype",
+        default="auto",
+        choices=[*DTYPES, *DTYPE_NAMES.values()],
+        help="precision of the network math (autocast; weights stay float32). auto (default): bf16 on CPUs "
+        "with native bf16 (avx512_bf16/amx_bf16) and on GPUs that have it, fp16 on other GPUs, else fp32",
     )
     p.add_argument(
         "--format",
@@ -193,9 +199,21 @@ class LoadedModel:
     """model id / path and weights hashes, as written to sidecars."""
 
 
-def load_model(model: str, device: str, dtype: str, allow_pickle: bool = False) -> LoadedModel:
+def resolve_dtype(requested: str, device: str) -> str:
+    """The torch dtype name (float32, bfloat16, float16) ``--dtype`` means on ``device``: ``auto`` is what
+    training's ``--mixed_precision auto`` picks there (:func:`medsd.training.precision.auto_mixed_precision`)."""
+    if requested != "auto":
+        return DTYPE_NAMES.get(requested, requested)
     import torch
 
+    from medsd.training.precision import auto_mixed_precision
+
+    chosen = auto_mixed_precision(torch.device(device).type)
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(chosen, "float32")
+
+
+def load_model(model: str, device: str, allow_pickle: bool = False) -> LoadedModel:
+    """The pipeline of ``model`` on ``device`` with float32 weights (lower precision is autocast, see draw)."""
     from medsd.pipelines.auto import MedPipeline
     from medsd.pipelines.output import resolve_local_dir
 
@@ -203,10 +221,7 @@ def load_model(model: str, device: str, dtype: str, allow_pickle: bool = False) 
         raise GenerateError("give a MODEL folder or Hub id (or --from_sidecar NAME.json)")
     is_local = Path(model).is_dir()
     folder = resolve_local_dir(model)
-    torch_dtype = getattr(torch, dtype)
-    pipe = MedPipeline.from_pretrained(
-        folder, torch_dtype=torch_dtype, device=device, allow_pickle=allow_pickle
-    )
+    pipe = MedPipeline.from_pretrained(folder, device=device, allow_pickle=allow_pickle)
     family = family_of(pipe)
     record: dict[str, Any] = {
         "model": str(Path(model).resolve()) if is_local else model,
@@ -282,20 +297,22 @@ def draw(loaded: LoadedModel, specs: list[ImageSpec], s: Settings) -> list[Any]:
     generators = [torch.Generator(device="cpu").manual_seed(sp.seed) for sp in specs]
     kind = output_type_for(s.format, pipe)
     common = dict(num_inference_steps=s.num_inference_steps, generator=generators, output_type=kind)
+    autocast = None if s.dtype == "float32" else getattr(torch, s.dtype)
     if loaded.family == "ddpm":
-        out = pipe(batch_size=len(specs), **common)
+        out = pipe(batch_size=len(specs), autocast_dtype=autocast, **common)
     elif loaded.family == "text2xray":
         kw: dict[str, Any] = {}
         if s.guidance_scale is not None:
             kw["guidance_scale"] = s.guidance_scale
-        out = pipe(
-            [sp.prompt for sp in specs],
-            negative_prompt=s.negative_prompt,
-            height=s.height,
-            width=s.width,
-            **common,
-            **kw,
-        )
+        with torch.autocast(pipe.device.type, dtype=autocast, enabled=autocast is not None):
+            out = pipe(
+                [sp.prompt for sp in specs],
+                negative_prompt=s.negative_prompt,
+                height=s.height,
+                width=s.width,
+                **common,
+                **kw,
+            )
     else:
         mapping = getattr(pipe, "intensity_mapping", None)
         image = torch.cat([read_condition(sp.condition, mapping) for sp in specs])
@@ -313,6 +330,7 @@ def draw(loaded: LoadedModel, specs: list[ImageSpec], s: Settings) -> list[Any]:
             sampler=None if s.scheduler == "default" else s.scheduler,
             keep_known_pixels=s.keep_known_pixels,
             image_size=s.image_size,
+            autocast_dtype=autocast,
             **common,
         )
     return list(out.images)
@@ -431,7 +449,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out(out, args.overwrite)
     check_family_flags(args, folder_family(args.model))  # before the (slow) load where the folder tells
-    loaded = load_model(args.model, _device(args.device), args.dtype, args.allow_pickle)
+    device = _device(args.device)
+    loaded = load_model(args.model, device, args.allow_pickle)
     fam = loaded.family
     check_family_flags(args, fam)
     apply_scheduler(loaded, args.scheduler)
@@ -466,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
         keep_known_pixels=args.keep_known_pixels == "true",
         image_size=args.image_size,
         format=args.format,
-        dtype=args.dtype,
+        dtype=resolve_dtype(args.dtype, device),
     )
     s.num_inference_steps = args.num_inference_steps or default_steps(loaded, s)
     out.mkdir(parents=True, exist_ok=True)
@@ -527,9 +546,9 @@ def run_from_sidecars(args: argparse.Namespace) -> int:
                 raise GenerateError(
                     f"{path}: the image was drawn on {dev} ({e}); pass --device to choose"
                 ) from None
-        key = (d["model"], dev, d.get("dtype", "float32"), d.get("scheduler", "default"))
+        key = (d["model"], dev, d.get("scheduler", "default"))
         if key not in cache:
-            loaded = load_model(d["model"], dev, d.get("dtype", "float32"), args.allow_pickle)
+            loaded = load_model(d["model"], dev, args.allow_pickle)
             apply_scheduler(loaded, d.get("scheduler", "default"))
             if loaded.family != d["family"]:
                 raise GenerateError(f"{path}: {d['model']} is now a {loaded.family} model, not {d['family']}")
@@ -549,7 +568,7 @@ def run_from_sidecars(args: argparse.Namespace) -> int:
             keep_known_pixels=d.get("keep_known_pixels", True),
             image_size=d.get("image_size"),
             format=d["format"],
-            dtype=d.get("dtype", "float32"),
+            dtype=resolve_dtype(d.get("dtype", "float32"), dev),
         )
         if d.get("batch"):
             specs = [ImageSpec(**b) for b in d["batch"]["images"]]
