@@ -22,7 +22,7 @@ class GenerateError(MedsdError):
 
 # -- command line ------------------------------------------------------------------------------------------
 FAMILY_FLAGS = {
-    "text2xray": ("prompt", "prompt_file", "negative_prompt", "guidance_scale", "height", "width"),
+    "text2xray": ("prompt", "prompt_file", "label", "negative_prompt", "guidance_scale", "height", "width"),
     "cddpm": ("condition", "condition_column", "mask", "task", "image_size"),
 }
 
@@ -73,6 +73,21 @@ def prompts_of(args: argparse.Namespace) -> list[str]:
     if not prompts:
         raise GenerateError("a text-to-X-ray model needs --prompt TEXT or --prompt_file FILE")
     return prompts
+
+
+def parse_labels(values: list[str]) -> list[tuple[str, int]]:
+    """``--label NAME=COUNT`` values as (label, count) pairs, in the order given."""
+    pairs: list[tuple[str, int]] = []
+    for value in values:
+        name, sep, count = value.rpartition("=")
+        if not sep or not name.strip() or not count.strip().isdigit() or int(count) < 1:
+            raise GenerateError(
+                f"--label {value!r}: expected NAME=COUNT with a count >= 1, e.g. Pneumonia=500"
+            )
+        if any(name.strip() == n for n, _ in pairs):
+            raise GenerateError(f"--label {name.strip()!r} is given twice")
+        pairs.append((name.strip(), int(count)))
+    return pairs
 
 
 def weights_sha256(folder: str | os.PathLike) -> str:

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Refused when the memorisation audit of a `medsd eval` report (OUTPUT_DIR/eval/report.json or "
         "--eval_report) found near-copies of training images, unless --allow_memorised.",
     )
-    p.add_argument("output_dir", help="a finished training output folder")
+    p.add_argument("output_dir", help="a finished training output folder (or a `medsd generate` dataset)")
     p.add_argument("--repo_id", required=True, help="NAME/REPO on the Hub")
     p.add_argument(
         "--token",
@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--public", action="store_true", help="make the repo public (default: private)")
     p.add_argument("--eval_report", default=None, help="a `medsd eval` report.json for the card and the gate")
     p.add_argument("--allow_memorised", action="store_true", help="push even if the audit found near-copies")
+    p.add_argument(
+        "--repo_type",
+        default="model",
+        choices=["model", "dataset"],
+        help="dataset: OUTPUT_DIR is a `medsd generate` output folder, uploaded with its dataset card",
+    )
     add_allow_pickle(p)
     p.set_defaults(func=run)
 
@@ -34,6 +40,19 @@ def run(args: argparse.Namespace) -> int:
 
     from medsd.pipelines.folder import check_shareable_folder
     from medsd.training.hub import push_folder
+
+    if getattr(args, "repo_type", "model") == "dataset":
+        from .push_dataset import push_dataset_folder
+
+        push_dataset_folder(
+            args.output_dir,
+            args.repo_id,
+            token=args.token,
+            private=not args.public,
+            allow_memorised=args.allow_memorised,
+            eval_report=args.eval_report,
+        )
+        return 0
 
     # a checkpoint, an unfinished run or pickle-only weights are refused before any network call
     check_shareable_folder(Path(args.output_dir), allow_pickle=args.allow_pickle)
