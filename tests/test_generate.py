@@ -205,3 +205,24 @@ def test_dtype_auto_follows_the_cpu_and_bf16_stays_close_to_fp32(
         assert any(not np.array_equal(auto[k], fp32[k]) for k in fp32), "bf16 ran in fp32"
     else:
         assert all(np.array_equal(auto[k], fp32[k]) for k in fp32)
+
+
+def test_unipc_is_one_registry_entry_away_for_ddpm_and_cddpm(ddpm_dir, cddpm_dir, tmp_path):
+    from medsd.pipelines.samplers import SAMPLER_NAMES
+
+    assert "unipc" in SAMPLER_NAMES
+    _run(ddpm_dir, "--num_images", 1, "--num_inference_steps", 3, "--format", "npy", "--scheduler", "unipc",
+         "--out", tmp_path / "d")  # fmt: skip
+    meta = json.loads((tmp_path / "d" / "image_00000.json").read_text())
+    assert meta["scheduler_class"] == "UniPCMultistepScheduler"
+    assert np.isfinite(np.load(tmp_path / "d" / "image_00000.npy")).all()
+    cond = tmp_path / "cond.png"
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(cond)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4)).save(mask)
+    _run(cddpm_dir, "--condition", cond, "--mask", mask, "--scheduler", "unipc", "--format", "npy",
+         "--out", tmp_path / "c")  # fmt: skip
+    meta = json.loads((tmp_path / "c" / "image_00000.json").read_text())
+    assert (
+        meta["num_inference_steps"] == 25 and np.isfinite(np.load(tmp_path / "c" / "image_00000.npy")).all()
+    )

@@ -89,7 +89,7 @@ def test_sigkill_at_many_points_then_rerun_gives_the_uninterrupted_files(ddpm_di
         "--batch_invariant",
         "false",
     ]
-    common += ["--num_inference_steps", "2", "--format", "png16"]
+    common += ["--num_inference_steps", "2", "--format", "png16", "--dtype", "fp32"]
     assert main([*common, "--out", str(tmp_path / "reference")]) == 0
     reference = files_of(tmp_path / "reference")
     out = tmp_path / "killed"

@@ -50,7 +50,7 @@ from .generate_io import (
 )
 
 FORMATS = ("png8", "png16", "dicom", "npy")
-SCHEDULERS = ("default", "ddpm", "ddim", "dpm")
+SCHEDULERS = ("default", "ddpm", "ddim", "dpm", "unipc")  # medsd.pipelines.samplers.SAMPLER_NAMES
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_NUM_IMAGES = {"ddpm": 16, "cddpm": 1, "text2xray": 4}
 
@@ -97,7 +97,7 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         "--scheduler",
         default="default",
         choices=SCHEDULERS,
-        help="default: the saved sampler; ddpm (ancestral), ddim, dpm (DPM-Solver++)",
+        help="default: the saved sampler; ddpm (ancestral), ddim, dpm (DPM-Solver++), unipc (UniPC)",
     )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument(

@@ -47,14 +47,14 @@ class Settings:
 
 
 def family_of(pipe: Any) -> str:
-    name = type(pipe).__name__
-    if name == "MedDDPMPipeline":
-        return "ddpm"
-    if name == "MedCDDPMPipeline":
-        return "cddpm"
-    if name == "TextToXRayPipeline":
-        return "text2xray"
-    raise GenerateError(f"unsupported pipeline {name}; expected a medsd DDPM, cDDPM or text-to-X-ray model")
+    from medsd.pipelines.samplers import family_of_class
+
+    family = family_of_class(type(pipe).__name__)
+    if family is None:
+        raise GenerateError(
+            f"unsupported pipeline {type(pipe).__name__}; expected a medsd DDPM, cDDPM or text-to-X-ray model"
+        )
+    return family
 
 
 # -- the model --------------------------------------------------------------------------------------------
@@ -106,26 +106,16 @@ def apply_scheduler(loaded: LoadedModel, name: str) -> None:
     """Swap the pipeline's sampler by name (cDDPM takes it per call as ``sampler=``)."""
     if name == "default" or loaded.family == "cddpm":
         return
+    from medsd.pipelines.samplers import make_sampler
+
     pipe = loaded.pipe
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    if loaded.family == "ddpm":
-        from medsd.pipelines.ddpm import fast_scheduler
-
-        train_cfg = pipe.medsd_metadata.get("train_scheduler") or pipe.scheduler.config
-        pipe.scheduler = {
-            "ddpm": lambda c: DDPMScheduler.from_config(c),
-            "ddim": lambda c: DDIMScheduler.from_config(c, clip_sample=True),
-            "dpm": fast_scheduler,
-        }[name](train_cfg)
-    else:
-        cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}[name]
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    train_cfg = pipe.medsd_metadata.get("train_scheduler") or pipe.scheduler.config
+    pipe.scheduler = make_sampler(name, train_cfg, pixel_space=not hasattr(pipe, "vae"))
 
 
 def default_steps(loaded: LoadedModel, settings: Settings) -> int:
     """The number of denoising steps the pipeline would use by default (recorded explicitly in sidecars)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDPMScheduler
 
     pipe = loaded.pipe
     if loaded.family == "ddpm":
@@ -135,12 +125,10 @@ def default_steps(loaded: LoadedModel, settings: Settings) -> int:
         return s.config.num_train_timesteps if isinstance(s, DDPMScheduler) else DEFAULT_FAST_STEPS
     if loaded.family == "cddpm":
         from medsd.pipelines.cddpm import DEFAULT_FAST_STEPS
+        from medsd.pipelines.samplers import sampler_name
 
-        name = settings.scheduler
-        if name == "ddpm" or (name == "default" and isinstance(pipe.scheduler, DDPMScheduler)):
-            return pipe.scheduler.config.num_train_timesteps
-        ddim = name == "ddim" or (name == "default" and isinstance(pipe.scheduler, DDIMScheduler))
-        return DEFAULT_FAST_STEPS["ddim" if ddim else "dpm"]
+        name = sampler_name(pipe.scheduler) if settings.scheduler == "default" else settings.scheduler
+        return pipe.scheduler.config.num_train_timesteps if name == "ddpm" else DEFAULT_FAST_STEPS[name]
     from medsd.pipelines.text2xray import DEFAULT_NUM_INFERENCE_STEPS
 
     return int(pipe.info.get("default_num_inference_steps") or DEFAULT_NUM_INFERENCE_STEPS)

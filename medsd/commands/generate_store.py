@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .generate_draw import replace_atomically, temporary_name, write_json
-from .generate_io import GenerateError
+from .generate_io import RUN_STATE_DIR, GenerateError
 
-STATE_DIR = ".medsd_generate"
+STATE_DIR = RUN_STATE_DIR
 RUN_FILE = "run.json"
 PARTS_DIR = "parts"
 METADATA_FILE = "metadata.jsonl"
