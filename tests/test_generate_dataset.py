@@ -199,3 +199,39 @@ def test_dataset_push_reaches_the_hub_call_private_with_the_gate(ddpm_dir, tmp_p
     assert "upload" not in calls
     assert main([*push, "--eval_report", str(report), "--allow_memorised"]) == 0
     assert "memorisation audit" in (out / "README.md").read_text()
+
+
+def test_sigterm_finishes_the_batch_then_the_same_command_finishes_the_run(ddpm_dir, tmp_path, monkeypatch):
+    import signal
+
+    from medsd.commands import generate_jobs
+
+    real_draw, calls = generate_jobs.draw, []
+
+    def draw_then_sigterm(loaded, specs, s):
+        calls.append([sp.index for sp in specs])
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while batch 1 is being drawn
+        return real_draw(loaded, specs, s)
+
+    monkeypatch.setattr(generate_jobs, "draw", draw_then_sigterm)
+    out = tmp_path / "out"
+    args = [
+        ddpm_dir,
+        "--num_images",
+        6,
+        "--batch_size",
+        2,
+        "--batch_invariant",
+        "false",
+        *STEPS,
+        "--out",
+        out,
+    ]
+    assert _run(*args) == 128 + signal.SIGTERM
+    assert calls == [[0, 1], [2, 3]]  # the batch in progress was finished, the next one not started
+    assert sorted(p.name for p in out.glob("*.png")) == [f"image_{i:05d}.png" for i in range(4)]
+    assert not (out / "metadata.jsonl").exists()  # not a dataset yet
+    monkeypatch.setattr(generate_jobs, "draw", real_draw)
+    assert _run(*args) == 0
+    assert len(list(out.glob("*.png"))) == 6 and len((out / "metadata.jsonl").read_text().splitlines()) == 6
