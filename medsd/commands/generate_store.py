@@ -75,23 +75,25 @@ def open_run(out: Path, identity: dict[str, Any], overwrite: bool, is_main: bool
     the new run over the old one instead).
     """
     run_file = state_dir(out) / RUN_FILE
+    same = True
     if run_file.is_file():
         before = json.loads(run_file.read_text())
         diff = next((k for k in IDENTITY_NAMES if before.get(k) != identity.get(k)), None)
-        if diff is None:
-            return
-        if not overwrite:
+        same = diff is None
+        if not same and not overwrite:
             raise GenerateError(
                 f"--out {out} holds a run with another {IDENTITY_NAMES[diff]}: {_short(before.get(diff))} there, "
                 f"{_short(identity.get(diff))} now; re-run the same command to continue it, choose another "
                 "--out, or pass --overwrite to replace it"
             )
-        if is_main:
-            shutil.rmtree(state_dir(out) / PARTS_DIR, ignore_errors=True)
-    if is_main:
-        (state_dir(out) / PARTS_DIR).mkdir(parents=True, exist_ok=True)
-        for leftover in out.glob(".tmp-*"):  # files a killed run was writing: never renamed, never counted
-            leftover.unlink(missing_ok=True)
+    if not is_main:
+        return
+    if not same:
+        shutil.rmtree(state_dir(out) / PARTS_DIR, ignore_errors=True)
+    (state_dir(out) / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob(".tmp-*"):  # files a killed run was writing: never renamed, never counted
+        leftover.unlink(missing_ok=True)
+    if not run_file.is_file() or not same:
         write_json(run_file, identity)
 
 
