@@ -114,9 +114,7 @@ def sample_stock(run: Path, out: Path, n: int, steps: int) -> None:
         if dest.is_dir() and len(list(dest.glob("*.png"))) >= n:
             continue
         unet = UNet2DModel.from_pretrained(ckpt / "unet_ema")
-        pipe = DDPMPipeline(
-            unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-        )
+        pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear"))
         pipe.set_progress_bar_config(disable=True)
         images = pipe(
             batch_size=n, generator=torch.Generator().manual_seed(0), num_inference_steps=steps
@@ -235,15 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     for name, fn in (("prepare", prepare), ("stock", stock), ("sample", sample), ("score", score)):
         s = sub.add_parser(name, help=fn.__doc__)
-        s.add_argument(
-            "--out", required=True, help="work folder (medsd run in OUT/medsd, stock in OUT/stock)"
-        )
+        s.add_argument("--out", required=True, help="work folder (medsd run in OUT/medsd, stock in OUT/stock)")
         s.add_argument("--data", default=None, help=f"metadata CSV (default {NIH_CSV})")
         s.add_argument("--script", default=None, help="diffusers' train_unconditional.py")
         s.add_argument("--minutes", type=float, default=35.0, help="stock training budget (wall minutes)")
-        s.add_argument(
-            "--num_epochs", type=int, default=20, help="stock epochs (its cosine schedule's length)"
-        )
+        s.add_argument("--num_epochs", type=int, default=20, help="stock epochs (its cosine schedule's length)")
         s.add_argument("--checkpointing_steps", type=int, default=200)
         s.add_argument("--ddpm_steps", type=int, default=100, help="stock DDPMPipeline steps")
         s.add_argument("--n", type=int, default=128, help="images sampled per checkpoint")

@@ -225,9 +225,7 @@ def load_checkpoint_weights(checkpoint: Path, module: Any, ema: bool = True) -> 
         shadow = torch.load(ema_file, map_location="cpu", weights_only=True)["shadow_params"]
         params = list(module.parameters())
         if len(shadow) != len(params):
-            raise MedsdError(
-                f"{ema_file}: {len(shadow)} EMA tensors, but the module has {len(params)} parameters"
-            )
+            raise MedsdError(f"{ema_file}: {len(shadow)} EMA tensors, but the module has {len(params)} parameters")
         with torch.no_grad():
             for p, s in zip(params, shadow):
                 p.copy_(s.to(p.dtype))
