@@ -63,6 +63,8 @@ _EXPORTS: dict[str, str] = {
     "EvalConfig": "medsd.metrics.evaluate",
     "evaluate": "medsd.metrics.evaluate",
     "ImageSet": "medsd.metrics.io",
+    "FeatureStats": "medsd.metrics.feature_stats",
+    "frechet_distance_of_stats": "medsd.metrics.feature_stats",
     "load_image_set": "medsd.metrics.io",
     "MissingWeightsError": "medsd.metrics.features",
     "FeatureExtractor": "medsd.metrics.features",

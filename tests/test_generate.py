@@ -175,3 +175,53 @@ def test_text_to_xray_pipeline_takes_a_string_negative_prompt(tiny_sd_base):
         ["a", "b"], negative_prompt=["blurry"] * 2, generator=torch.Generator().manual_seed(0), **kw
     ).images
     assert a.shape[0] == 2 and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("native_bf16, expected", [("1", "bfloat16"), ("0", "float32")])
+def test_dtype_auto_follows_the_cpu_and_bf16_stays_close_to_fp32(
+    ddpm_dir, tmp_path, monkeypatch, native_bf16, expected
+):
+    monkeypatch.setenv("MEDSD_CPU_BF16", native_bf16)
+    seen = []
+    real_call = MedDDPMPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("autocast_dtype"))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(MedDDPMPipeline, "__call__", spy)
+    common = [ddpm_dir, "--num_images", 2, "--num_inference_steps", 3, "--format", "npy", "--device", "cpu"]
+    _run(*common, "--out", tmp_path / "auto")
+    autocast = None if expected == "float32" else getattr(torch, expected)
+    assert seen == [autocast, autocast]  # one pipeline call per image, each under the chosen autocast
+    assert json.loads((tmp_path / "auto" / "image_00001.json").read_text())["dtype"] == expected
+    _run(*common, "--out", tmp_path / "fp32", "--dtype", "fp32")
+    auto, fp32 = _npy(tmp_path / "auto"), _npy(tmp_path / "fp32")
+    for k in fp32:
+        assert np.isfinite(auto[k]).all()
+        span = fp32[k].max() - fp32[k].min()
+        assert np.abs(auto[k] - fp32[k]).mean() < 0.02 * span, "bf16 autocast drifted from fp32"
+    if expected == "bfloat16":
+        assert any(not np.array_equal(auto[k], fp32[k]) for k in fp32), "bf16 ran in fp32"
+    else:
+        assert all(np.array_equal(auto[k], fp32[k]) for k in fp32)
+
+
+def test_unipc_is_one_registry_entry_away_for_ddpm_and_cddpm(ddpm_dir, cddpm_dir, tmp_path):
+    from medsd.pipelines.samplers import SAMPLER_NAMES
+
+    assert "unipc" in SAMPLER_NAMES
+    _run(ddpm_dir, "--num_images", 1, "--num_inference_steps", 3, "--format", "npy", "--scheduler", "unipc",
+         "--out", tmp_path / "d")  # fmt: skip
+    meta = json.loads((tmp_path / "d" / "image_00000.json").read_text())
+    assert meta["scheduler_class"] == "UniPCMultistepScheduler"
+    assert np.isfinite(np.load(tmp_path / "d" / "image_00000.npy")).all()
+    cond = tmp_path / "cond.png"
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(cond)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4)).save(mask)
+    # 5 steps: this test model has 20 training steps, and UniPC needs distinct timesteps
+    _run(cddpm_dir, "--condition", cond, "--mask", mask, "--scheduler", "unipc", "--format", "npy",
+         "--num_inference_steps", 5, "--out", tmp_path / "c")  # fmt: skip
+    meta = json.loads((tmp_path / "c" / "image_00000.json").read_text())
+    assert meta["scheduler"] == "unipc" and np.isfinite(np.load(tmp_path / "c" / "image_00000.npy")).all()

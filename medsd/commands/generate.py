@@ -1,18 +1,20 @@
-"""``medsd generate MODEL --out DIR``: images from any medsd model (DDPM, cDDPM, text-to-X-ray), each with a
-sidecar ``NAME.json`` that regenerates it bit for bit (``medsd generate --from_sidecar NAME.json``).
+"""``medsd generate MODEL --out DIR``: a synthetic dataset from any medsd model (DDPM, cDDPM, text-to-X-ray):
+images, a sidecar ``NAME.json`` per image that regenerates it bit for bit (``--from_sidecar NAME.json``),
+``metadata.jsonl`` (a Hugging Face imagefolder dataset), ``manifest.json`` and a dataset card ``README.md``.
 
-Image ``k`` of a run is drawn from its own ``torch.Generator`` seeded ``seed + k`` (on the CPU), so it depends
-on its seed only. Batched network math rounds differently from unbatched math (measured up to 2e-6 in [-1, 1]
-on a CPU), so by default (``--batch_invariant true``) every image is drawn in its own pipeline call and the
-result is the same bit for bit whatever ``--batch_size`` is; ``--batch_invariant false`` draws
-``--batch_size`` images per call (faster on a GPU), and each sidecar then records its batch so that
-``--from_sidecar`` redraws the batch and still regenerates the image bit for bit.
+Image ``i`` of a run is drawn from its own ``torch.Generator`` seeded ``seed + i``. Images are grouped into
+fixed batches by index and the batches are dealt to the processes of ``accelerate launch`` / ``torchrun``, so
+the files do not depend on the number of processes. Batched network math rounds differently from unbatched
+math (up to 2e-6 in [-1, 1] on a CPU): with ``--batch_invariant true`` every image is drawn in its own
+pipeline call and the files are the same whatever ``--batch_size``; with ``false`` ``--batch_size`` images
+are drawn per call (faster on a GPU) and each sidecar records its batch. ``auto`` (default): batched on GPUs,
+invariant on CPUs (where batching brings no speed, docs/generate.md). A stopped run continues where it
+stopped when the same command is run again.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -21,6 +23,18 @@ from typing import Any
 from medsd.errors import MedsdError
 
 from .common import add_allow_pickle, default_device, value_ranges
+from .generate_draw import (
+    DTYPE_NAMES,
+    SIDECAR_VERSION,
+    ImageSpec,
+    LoadedModel,
+    Settings,
+    apply_scheduler,
+    default_steps,
+    draw,
+    load_model,
+    resolve_dtype,
+)
 from .generate_io import (
     CONDITION_COLUMNS,
     GenerateError,
@@ -29,16 +43,15 @@ from .generate_io import (
     file_sha256,
     folder_family,
     list_conditions,
+    parse_labels,
     prompts_of,
     read_condition,
     read_mask,
-    weights_sha256,
 )
 
-SIDECAR_VERSION = 1
 FORMATS = ("png8", "png16", "dicom", "npy")
-SCHEDULERS = ("default", "ddpm", "ddim", "dpm")
-DTYPES = ("float32", "float16", "bfloat16")
+SCHEDULERS = ("default", "ddpm", "ddim", "dpm", "unipc")  # medsd.pipelines.samplers.SAMPLER_NAMES
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_NUM_IMAGES = {"ddpm": 16, "cddpm": 1, "text2xray": 4}
 
 
@@ -61,14 +74,22 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         "cDDPM: samples per condition image (default 1)",
     )
     p.add_argument(
-        "--batch_size", type=int, default=8, help="images per pipeline call with --batch_invariant false"
+        "--batch_size",
+        type=int,
+        default=8,
+        help="images per batch: batch k is images [k*B, (k+1)*B), drawn by process k mod N",
     )
     p.add_argument(
         "--batch_invariant",
-        default="true",
-        choices=["true", "false"],
-        help="true (default): each image in its own pipeline call, bit-identical whatever --batch_size; "
-        "false: --batch_size images per call (faster on a GPU; last bits depend on the batch)",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="true: each image in its own pipeline call, bit-identical whatever --batch_size; false: a batch "
+        "per call (faster on a GPU; last bits depend on the batch); auto (default): false on GPUs, true on CPUs",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (the same command continues it too; this flag insists there is one)",
     )
     p.add_argument("--seed", type=int, default=0, help="image k is drawn with seed + k")
     p.add_argument("--num_inference_steps", type=int, default=None, help="default: the pipeline's")
@@ -76,11 +97,15 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         "--scheduler",
         default="default",
         choices=SCHEDULERS,
-        help="default: the saved sampler; ddpm (ancestral), ddim, dpm (DPM-Solver++)",
+        help="default: the saved sampler; ddpm (ancestral), ddim, dpm (DPM-Solver++), unipc (UniPC)",
     )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument(
-        "--dtype", default="float32", choices=DTYPES, help="weights dtype (float16/bfloat16 on GPUs)"
+        "--dtype",
+        default="auto",
+        choices=[*DTYPES, *DTYPE_NAMES.values()],
+        help="precision of the network math (autocast; weights stay float32). auto (default): bf16 on CPUs "
+        "with native bf16 (avx512_bf16/amx_bf16) and on GPUs that have it, fp16 on other GPUs, else fp32",
     )
     p.add_argument(
         "--format",
@@ -93,9 +118,22 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         "--prefix", default="image", help="file names are PREFIX_00000.png, PREFIX_00000.json, ..."
     )
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that has images")
+    p.add_argument(
+        "--license",
+        default="other",
+        help="the dataset card's license (a Hub license id, e.g. cc-by-4.0; default: other)",
+    )
     t = p.add_argument_group("text-to-X-ray")
     t.add_argument("--prompt", action="append", default=None, help="a prompt (repeat the flag for several)")
     t.add_argument("--prompt_file", default=None, help="a text file with one prompt per line")
+    t.add_argument(
+        "--label",
+        action="append",
+        default=None,
+        metavar='"NAME"=COUNT',
+        help="COUNT images of label NAME, prompted through the model's prompt template (repeat for a "
+        'class-balanced set: --label "No Finding"=5000 --label Pneumonia=5000)',
+    )
     t.add_argument("--negative_prompt", default=None, help="one negative prompt for every image")
     t.add_argument("--guidance_scale", type=float, default=None, help="default: the pipeline's (4)")
     t.add_argument("--height", type=int, default=None, help="default: the training resolution")
@@ -145,317 +183,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# -- what one image is -----------------------------------------------------------------------------------
-@dataclasses.dataclass
-class ImageSpec:
-    """Everything one image depends on besides the model and the shared settings."""
-
-    index: int
-    seed: int
-    prompt: str | None = None
-    condition: str | None = None
-    mask: str | None = None
-
-
-@dataclasses.dataclass
-class Settings:
-    family: str
-    scheduler: str
-    num_inference_steps: int | None
-    guidance_scale: float | None
-    negative_prompt: str | None
-    height: int | None
-    width: int | None
-    task: str | None
-    keep_known_pixels: bool
-    image_size: int | None
-    format: str
-    dtype: str
-
-
-def family_of(pipe: Any) -> str:
-    name = type(pipe).__name__
-    if name == "MedDDPMPipeline":
-        return "ddpm"
-    if name == "MedCDDPMPipeline":
-        return "cddpm"
-    if name == "TextToXRayPipeline":
-        return "text2xray"
-    raise GenerateError(f"unsupported pipeline {name}; expected a medsd DDPM, cDDPM or text-to-X-ray model")
-
-
-# -- the model --------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class LoadedModel:
-    pipe: Any
-    family: str
-    record: dict[str, Any]
-    """model id / path and weights hashes, as written to sidecars."""
-
-
-def load_model(model: str, device: str, dtype: str, allow_pickle: bool = False) -> LoadedModel:
-    import torch
-
-    from medsd.pipelines.auto import MedPipeline
-    from medsd.pipelines.output import resolve_local_dir
-
-    if not model:
-        raise GenerateError("give a MODEL folder or Hub id (or --from_sidecar NAME.json)")
-    is_local = Path(model).is_dir()
-    folder = resolve_local_dir(model)
-    torch_dtype = getattr(torch, dtype)
-    pipe = MedPipeline.from_pretrained(
-        folder, torch_dtype=torch_dtype, device=device, allow_pickle=allow_pickle
-    )
-    family = family_of(pipe)
-    record: dict[str, Any] = {
-        "model": str(Path(model).resolve()) if is_local else model,
-        "weights_sha256": weights_sha256(folder),
-    }
-    base = getattr(pipe, "info", {}).get("base_model") if family == "text2xray" else None
-    if base and not (folder / "model_index.json").is_file():  # a LoRA folder on a base model
-        record["base_model"] = str(Path(base).resolve()) if Path(base).is_dir() else base
-        if Path(base).is_dir():
-            record["base_model_weights_sha256"] = weights_sha256(base)
-    return LoadedModel(pipe, family, record)
-
-
-def apply_scheduler(loaded: LoadedModel, name: str) -> None:
-    """Swap the pipeline's sampler by name (cDDPM takes it per call as ``sampler=``)."""
-    if name == "default" or loaded.family == "cddpm":
-        return
-    pipe = loaded.pipe
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    if loaded.family == "ddpm":
-        from medsd.pipelines.ddpm import fast_scheduler
-
-        train_cfg = pipe.medsd_metadata.get("train_scheduler") or pipe.scheduler.config
-        pipe.scheduler = {
-            "ddpm": lambda c: DDPMScheduler.from_config(c),
-            "ddim": lambda c: DDIMScheduler.from_config(c, clip_sample=True),
-            "dpm": fast_scheduler,
-        }[name](train_cfg)
-    else:
-        cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}[name]
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
-
-
-def default_steps(loaded: LoadedModel, settings: Settings) -> int:
-    """The number of denoising steps the pipeline would use by default (recorded explicitly in sidecars)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    pipe = loaded.pipe
-    if loaded.family == "ddpm":
-        from medsd.pipelines.ddpm import DEFAULT_FAST_STEPS
-
-        s = pipe.scheduler
-        return s.config.num_train_timesteps if isinstance(s, DDPMScheduler) else DEFAULT_FAST_STEPS
-    if loaded.family == "cddpm":
-        from medsd.pipelines.cddpm import DEFAULT_FAST_STEPS
-
-        name = settings.scheduler
-        if name == "ddpm" or (name == "default" and isinstance(pipe.scheduler, DDPMScheduler)):
-            return pipe.scheduler.config.num_train_timesteps
-        ddim = name == "ddim" or (name == "default" and isinstance(pipe.scheduler, DDIMScheduler))
-        return DEFAULT_FAST_STEPS["ddim" if ddim else "dpm"]
-    from medsd.pipelines.text2xray import DEFAULT_NUM_INFERENCE_STEPS
-
-    return int(pipe.info.get("default_num_inference_steps") or DEFAULT_NUM_INFERENCE_STEPS)
-
-
-# -- conditions (cDDPM) -----------------------------------------------------------------------------------
-# -- drawing ---------------------------------------------------------------------------------------------------
-def output_type_for(fmt: str, pipe: Any) -> str:
-    if fmt == "png8":
-        return "pil"
-    if fmt == "png16":
-        return "uint16"
-    return "native" if getattr(pipe, "intensity_mapping", None) is not None else "np"
-
-
-def draw(loaded: LoadedModel, specs: list[ImageSpec], s: Settings) -> list[Any]:
-    """One pipeline call for ``specs`` (one generator per image); returns one output image per spec."""
-    import torch
-
-    pipe = loaded.pipe
-    generators = [torch.Generator(device="cpu").manual_seed(sp.seed) for sp in specs]
-    kind = output_type_for(s.format, pipe)
-    common = dict(num_inference_steps=s.num_inference_steps, generator=generators, output_type=kind)
-    if loaded.family == "ddpm":
-        out = pipe(batch_size=len(specs), **common)
-    elif loaded.family == "text2xray":
-        kw: dict[str, Any] = {}
-        if s.guidance_scale is not None:
-            kw["guidance_scale"] = s.guidance_scale
-        out = pipe(
-            [sp.prompt for sp in specs],
-            negative_prompt=s.negative_prompt,
-            height=s.height,
-            width=s.width,
-            **common,
-            **kw,
-        )
-    else:
-        mapping = getattr(pipe, "intensity_mapping", None)
-        image = torch.cat([read_condition(sp.condition, mapping) for sp in specs])
-        mask = None
-        if any(sp.mask for sp in specs):
-            import numpy as np
-
-            if not all(sp.mask for sp in specs):
-                raise GenerateError("inpainting: every condition image needs a mask (--mask)")
-            mask = np.stack([read_mask(sp.mask) for sp in specs])
-        out = pipe(
-            image=image,
-            mask=mask,
-            task=s.task,
-            sampler=None if s.scheduler == "default" else s.scheduler,
-            keep_known_pixels=s.keep_known_pixels,
-            image_size=s.image_size,
-            **common,
-        )
-    return list(out.images)
-
-
-def write_image(img: Any, path_stem: Path, fmt: str) -> Path:
-    import numpy as np
-
-    from medsd.data import io
-
-    if fmt == "png8":
-        path = path_stem.with_suffix(".png")
-        img.save(path)
-    elif fmt == "png16":
-        path = io.write_png16(path_stem.with_suffix(".png"), np.asarray(img))
-    elif fmt == "dicom":
-        path = io.write_dicom_secondary_capture(
-            path_stem.with_suffix(".dcm"), np.asarray(img), description="synthetic image (medsd)"
-        )
-    else:
-        path = path_stem.with_suffix(".npy")
-        np.save(path, np.asarray(img, dtype=np.float32))
-    return path
-
-
-def sidecar(
-    loaded: LoadedModel, spec: ImageSpec, s: Settings, image_file: str, batch: list[ImageSpec] | None
-) -> dict:
-    import medsd
-
-    d: dict[str, Any] = {
-        "medsd_sidecar_version": SIDECAR_VERSION,
-        "image": image_file,
-        **loaded.record,
-        "family": loaded.family,
-        "index": spec.index,
-        "seed": spec.seed,
-        "scheduler": s.scheduler,
-        "scheduler_class": None if loaded.family == "cddpm" else type(loaded.pipe.scheduler).__name__,
-        "num_inference_steps": s.num_inference_steps,
-        "format": s.format,
-        "dtype": s.dtype,
-        "device": str(loaded.pipe.device),
-        "medsd_version": medsd.__version__,
-    }
-    if loaded.family == "text2xray":
-        d.update(
-            prompt=spec.prompt,
-            negative_prompt=s.negative_prompt,
-            guidance_scale=s.guidance_scale,
-            height=s.height,
-            width=s.width,
-        )
-    if loaded.family == "cddpm":
-        d.update(
-            condition=spec.condition,
-            condition_sha256=file_sha256(spec.condition) if spec.condition else None,
-            mask=spec.mask,
-            mask_sha256=file_sha256(spec.mask) if spec.mask else None,
-            task=s.task or getattr(loaded.pipe, "task", None),
-            keep_known_pixels=s.keep_known_pixels,
-            image_size=s.image_size,
-        )
-    d["batch_invariant"] = batch is None
-    if batch is not None:  # drawn together with others: regeneration redraws the batch
-        d["batch"] = {
-            "position": batch.index(spec),
-            "images": [dataclasses.asdict(b) for b in batch],
-        }
-    return d
-
-
-def generate(
-    loaded: LoadedModel,
-    specs: list[ImageSpec],
-    s: Settings,
-    out: Path,
-    prefix: str,
-    batch_size: int,
-    batch_invariant: bool,
-    names: dict[int, str] | None = None,
-    keep: set[int] | None = None,
-) -> list[Path]:
-    """Draw ``specs`` and write each image with its sidecar; returns the image paths."""
-    from tqdm.auto import tqdm
-
-    loaded.pipe.set_progress_bar_config(leave=False, desc="denoising")
-    step = 1 if batch_invariant else max(1, batch_size)
-    written: list[Path] = []
-    todo = keep if keep is not None else {sp.index for sp in specs}
-    with tqdm(total=len(todo), desc="generating", unit="image") as bar:
-        for start in range(0, len(specs), step):
-            batch = specs[start : start + step]
-            images = draw(loaded, batch, s)
-            for spec, img in zip(batch, images):
-                if spec.index not in todo:
-                    continue
-                stem = out / (names or {}).get(spec.index, f"{prefix}_{spec.index:05d}")
-                path = write_image(img, stem, s.format)
-                meta = sidecar(loaded, spec, s, path.name, None if batch_invariant else batch)
-                with open(stem.with_suffix(".json"), "w") as f:
-                    json.dump(meta, f, indent=1)
-                written.append(path)
-                bar.update(1)
-    return written
-
-
 # -- the two entry points: new images, or images from sidecars -------------------------------------------------
 def _device(requested: str | None) -> str:
     return default_device(requested)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.from_sidecar:
-        return run_from_sidecars(args)
-    out = Path(args.out)
-    check_out(out, args.overwrite)
-    check_family_flags(args, folder_family(args.model))  # before the (slow) load where the folder tells
-    loaded = load_model(args.model, _device(args.device), args.dtype, args.allow_pickle)
+def image_specs(args: argparse.Namespace, loaded: LoadedModel) -> list[ImageSpec]:
+    """The run's job table: image ``i`` with seed ``--seed + i`` and what else it depends on."""
     fam = loaded.family
-    check_family_flags(args, fam)
-    apply_scheduler(loaded, args.scheduler)
     n = args.num_images or DEFAULT_NUM_IMAGES[fam]
     specs: list[ImageSpec] = []
+
+    def add(**what: Any) -> None:
+        specs.append(ImageSpec(len(specs), args.seed + len(specs), **what))
+
     if fam == "ddpm":
-        specs = [ImageSpec(k, args.seed + k) for k in range(n)]
+        for _ in range(n):
+            add()
     elif fam == "text2xray":
-        for prompt in prompts_of(args):
+        if args.label and (args.prompt or args.prompt_file or args.num_images):
+            raise GenerateError(
+                "--label NAME=COUNT sets prompts and counts; drop --prompt/--prompt_file/--num_images"
+            )
+        for label, count in parse_labels(args.label or []):
+            for _ in range(count):
+                add(label=label, prompt=loaded.pipe.prompt_for(label))
+        for prompt in prompts_of(args) if not args.label else []:
             for _ in range(n):
-                k = len(specs)
-                specs.append(ImageSpec(k, args.seed + k, prompt=prompt))
+                add(prompt=prompt)
     else:
-        pairs = list_conditions(args.condition, args.mask, args.condition_column)
         mapping = getattr(loaded.pipe, "intensity_mapping", None)
-        for cond, mask in pairs:  # read every input once before writing anything: no partial output
-            read_condition(cond, mapping)
+        for cond, mask in list_conditions(args.condition, args.mask, args.condition_column):
+            read_condition(cond, mapping)  # read every input once before writing anything
             if mask:
                 read_mask(mask)
             for _ in range(n):
-                k = len(specs)
-                specs.append(ImageSpec(k, args.seed + k, condition=cond, mask=mask))
+                add(condition=cond, mask=mask)
+    return specs
+
+
+def settings_of(args: argparse.Namespace, loaded: LoadedModel, device: str) -> Settings:
     s = Settings(
-        family=fam,
+        family=loaded.family,
         scheduler=args.scheduler,
         num_inference_steps=None,
         guidance_scale=args.guidance_scale,
@@ -466,17 +235,60 @@ def run(args: argparse.Namespace) -> int:
         keep_known_pixels=args.keep_known_pixels == "true",
         image_size=args.image_size,
         format=args.format,
-        dtype=args.dtype,
+        dtype=resolve_dtype(args.dtype, device),
     )
     s.num_inference_steps = args.num_inference_steps or default_steps(loaded, s)
-    out.mkdir(parents=True, exist_ok=True)
-    if fam == "text2xray" and s.guidance_scale is None:
+    if loaded.family == "text2xray" and s.guidance_scale is None:
         from medsd.pipelines.text2xray import DEFAULT_GUIDANCE_SCALE
 
         s.guidance_scale = float(loaded.pipe.info.get("default_guidance_scale") or DEFAULT_GUIDANCE_SCALE)
-    written = generate(loaded, specs, s, out, args.prefix, args.batch_size, args.batch_invariant == "true")
-    print(f"wrote {len(written)} {fam} images (and a NAME.json sidecar for each) to {out}")
-    return 0
+    return s
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_sidecar:
+        return run_from_sidecars(args)
+    from . import generate_jobs as jobs
+    from . import generate_store as store
+
+    out = Path(args.out)
+    if args.resume and not store.is_resumable(out):
+        raise GenerateError(f"--resume: {out} holds no medsd generate run to continue")
+    if not store.is_resumable(out):
+        check_out(out, args.overwrite)
+    check_family_flags(args, folder_family(args.model))  # before the (slow) load where the folder tells
+    world = jobs.start_world()
+    device = jobs.process_device(_device(args.device), world)
+    loaded = load_model(args.model, device, args.allow_pickle)
+    check_family_flags(args, loaded.family)
+    apply_scheduler(loaded, args.scheduler)
+    specs = image_specs(args, loaded)
+    s = settings_of(args, loaded, device)
+    invariant = args.batch_invariant == "true" or (
+        args.batch_invariant == "auto" and loaded.pipe.device.type != "cuda"
+    )
+    batching = "invariant" if invariant else f"batch_size={args.batch_size}"
+    identity = jobs.identity(loaded, s, specs, args.seed, args.prefix, batching)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        store.open_run(out, identity, args.overwrite, is_main=True)
+    world.barrier()
+    if not world.is_main:
+        store.open_run(out, identity, args.overwrite, is_main=False)
+    from .dataset_card import write_dataset_card
+
+    return jobs.run_share(
+        loaded,
+        specs,
+        s,
+        out,
+        args.prefix,
+        args.batch_size,
+        invariant,
+        args.seed,
+        world,
+        finish=lambda folder, prov: write_dataset_card(folder, prov, args.license),
+    )
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
@@ -512,6 +324,8 @@ def _check_hashes(loaded: LoadedModel, d: dict[str, Any], path: str, ignore: boo
 
 def run_from_sidecars(args: argparse.Namespace) -> int:
     """Regenerate the images of ``--from_sidecar`` files (same names, new sidecars) into ``--out``."""
+    from .generate_jobs import write_item
+
     out = Path(args.out)
     check_out(out, args.overwrite)
     docs = [(p, read_sidecar(p)) for p in args.from_sidecar]
@@ -527,9 +341,9 @@ def run_from_sidecars(args: argparse.Namespace) -> int:
                 raise GenerateError(
                     f"{path}: the image was drawn on {dev} ({e}); pass --device to choose"
                 ) from None
-        key = (d["model"], dev, d.get("dtype", "float32"), d.get("scheduler", "default"))
+        key = (d["model"], dev, d.get("scheduler", "default"))
         if key not in cache:
-            loaded = load_model(d["model"], dev, d.get("dtype", "float32"), args.allow_pickle)
+            loaded = load_model(d["model"], dev, args.allow_pickle)
             apply_scheduler(loaded, d.get("scheduler", "default"))
             if loaded.family != d["family"]:
                 raise GenerateError(f"{path}: {d['model']} is now a {loaded.family} model, not {d['family']}")
@@ -549,27 +363,18 @@ def run_from_sidecars(args: argparse.Namespace) -> int:
             keep_known_pixels=d.get("keep_known_pixels", True),
             image_size=d.get("image_size"),
             format=d["format"],
-            dtype=d.get("dtype", "float32"),
+            dtype=resolve_dtype(d.get("dtype", "float32"), dev),
         )
         if d.get("batch"):
             specs = [ImageSpec(**b) for b in d["batch"]["images"]]
             spec = specs[d["batch"]["position"]]
         else:
-            spec = ImageSpec(d["index"], d["seed"], d.get("prompt"), d.get("condition"), d.get("mask"))
+            keys = ("prompt", "condition", "mask", "label")
+            spec = ImageSpec(d["index"], d["seed"], **{k: d.get(k) for k in keys})
             specs = [spec]
         name = Path(d.get("image") or f"image_{spec.index:05d}").stem
-        total += len(
-            generate(
-                loaded,
-                specs,
-                s,
-                out,
-                "image",
-                batch_size=len(specs),
-                batch_invariant=not d.get("batch"),
-                names={spec.index: name},
-                keep={spec.index},
-            )
-        )
+        image = draw(loaded, specs, s)[specs.index(spec)]
+        write_item(loaded, spec, image, s, out / name, specs if d.get("batch") else None)
+        total += 1
     print(f"regenerated {total} image(s) from sidecars into {out}")
     return 0

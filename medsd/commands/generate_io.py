@@ -22,35 +22,36 @@ class GenerateError(MedsdError):
 
 # -- command line ------------------------------------------------------------------------------------------
 FAMILY_FLAGS = {
-    "text2xray": ("prompt", "prompt_file", "negative_prompt", "guidance_scale", "height", "width"),
+    "text2xray": ("prompt", "prompt_file", "label", "negative_prompt", "guidance_scale", "height", "width"),
     "cddpm": ("condition", "condition_column", "mask", "task", "image_size"),
 }
 
 
+RUN_STATE_DIR = ".medsd_generate"
+"""Where a ``medsd generate`` run keeps its state inside ``--out`` (see :mod:`.generate_store`)."""
+
+
 def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an --out that is a file or already has files (the folder is made once the model has loaded)."""
+    """Refuse an --out that is a file or already has files (the folder is made once the model has loaded).
+
+    The run state folder alone does not count: another process of the same launch may have just made it."""
     if out.exists() and not out.is_dir():
         raise GenerateError(f"--out {out} is a file; expected a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(p.name != RUN_STATE_DIR for p in out.iterdir()) and not overwrite:
         raise FileExistsError(f"--out {out} is not empty; pass --overwrite to write into it")
 
 
 def folder_family(model: str | None) -> str | None:
     """The family of a local model folder read from its files (None for a Hub id or an unknown folder)."""
-    from medsd.pipelines.auto import MEDSD_PIPELINES
     from medsd.pipelines.folder import LORA_WEIGHTS_FILE, MODEL_INDEX, folder_class_name, read_model_index
+    from medsd.pipelines.samplers import LORA_FAMILY, family_of_class
 
     folder = Path(model) if model else None
     if folder is None or not folder.is_dir():
         return None
     if (folder / MODEL_INDEX).is_file():
-        spec = MEDSD_PIPELINES.get(folder_class_name(read_model_index(folder)) or "")
-        return (
-            {"MedDDPMPipeline": "ddpm", "MedCDDPMPipeline": "cddpm"}.get(spec[1], "text2xray")
-            if spec
-            else None
-        )
-    return "text2xray" if (folder / LORA_WEIGHTS_FILE).is_file() else None
+        return family_of_class(folder_class_name(read_model_index(folder)))
+    return LORA_FAMILY if (folder / LORA_WEIGHTS_FILE).is_file() else None
 
 
 def check_family_flags(args: argparse.Namespace, family: str | None) -> None:
@@ -73,6 +74,21 @@ def prompts_of(args: argparse.Namespace) -> list[str]:
     if not prompts:
         raise GenerateError("a text-to-X-ray model needs --prompt TEXT or --prompt_file FILE")
     return prompts
+
+
+def parse_labels(values: list[str]) -> list[tuple[str, int]]:
+    """``--label NAME=COUNT`` values as (label, count) pairs, in the order given."""
+    pairs: list[tuple[str, int]] = []
+    for value in values:
+        name, sep, count = value.rpartition("=")
+        if not sep or not name.strip() or not count.strip().isdigit() or int(count) < 1:
+            raise GenerateError(
+                f"--label {value!r}: expected NAME=COUNT with a count >= 1, e.g. Pneumonia=500"
+            )
+        if any(name.strip() == n for n, _ in pairs):
+            raise GenerateError(f"--label {name.strip()!r} is given twice")
+        pairs.append((name.strip(), int(count)))
+    return pairs
 
 
 def weights_sha256(folder: str | os.PathLike) -> str:

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--eval_report) found copies of training images (unless --allow_memorised), or is missing or invalid "
         "(unless --skip_audit); the card then says which flag let it through.",
     )
-    p.add_argument("output_dir", help="a finished training output folder")
+    p.add_argument("output_dir", help="a finished training output folder (or a `medsd generate` dataset)")
     p.add_argument("--repo_id", required=True, help="NAME/REPO on the Hub")
     p.add_argument(
         "--token",
@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="push without a valid memorisation audit (missing or invalid; the card says so)",
     )
+    p.add_argument(
+        "--repo_type",
+        default="model",
+        choices=["model", "dataset"],
+        help="dataset: OUTPUT_DIR is a `medsd generate` output folder, uploaded with its dataset card",
+    )
     add_allow_pickle(p)
     p.set_defaults(func=run)
 
@@ -44,6 +50,20 @@ def run(args: argparse.Namespace) -> int:
 
     from medsd.pipelines.folder import check_shareable_folder
     from medsd.training.hub import push_folder
+
+    if getattr(args, "repo_type", "model") == "dataset":
+        from .push_dataset import push_dataset_folder
+
+        push_dataset_folder(
+            args.output_dir,
+            args.repo_id,
+            token=args.token,
+            private=not args.public,
+            allow_memorised=args.allow_memorised,
+            skip_audit=args.skip_audit,
+            eval_report=args.eval_report,
+        )
+        return 0
 
     # a checkpoint, an unfinished run or pickle-only weights are refused before any network call
     check_shareable_folder(Path(args.output_dir), allow_pickle=args.allow_pickle)

@@ -32,6 +32,7 @@ from .diversity import (
 )
 from .downstream import downstream_utility, train_classifier
 from .evaluate import EvalConfig, evaluate
+from .feature_stats import FeatureStats, frechet_distance_of_stats
 from .features import (
     FeatureExtractor,
     MissingWeightsError,
@@ -80,6 +81,8 @@ __all__ = [
     "real_reference",
     "EvalConfig",
     "FeatureExtractor",
+    "FeatureStats",
+    "frechet_distance_of_stats",
     "ImageSet",
     "MissingWeightsError",
     "RadiomicsExtractor",

@@ -72,9 +72,15 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
         raise ValueError(f"feature shapes differ: {a.shape} vs {b.shape}")
     if len(a) < 2 or len(b) < 2:
         raise ValueError("need at least 2 samples per set")
-    mu1, mu2 = a.mean(0), b.mean(0)
     s1 = np.atleast_2d(np.cov(a, rowvar=False))
     s2 = np.atleast_2d(np.cov(b, rowvar=False))
+    return frechet_distance_from_moments(a.mean(0), s1, b.mean(0), s2, eps)
+
+
+def frechet_distance_from_moments(
+    mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """The Fréchet distance between N(mu1, s1) and N(mu2, s2) (see :func:`frechet_distance`)."""
     diff = mu1 - mu2
     covmean = _sqrtm(s1.dot(s2))
     if not np.isfinite(covmean).all():

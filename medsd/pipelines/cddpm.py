@@ -10,24 +10,25 @@ sigma_t^2 = beta_t); DDIM or DPM-Solver++ are a ``sampler=`` away.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDPMScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from medsd.data.degradations import COND_CHANNELS, TASKS, masked_condition, upsample
 
 from .base import MedUNetPipeline
-from .ddpm import fast_scheduler
 from .output import postprocess
+from .samplers import FAST_STEPS, SAMPLER_NAMES, make_sampler, sampler_name
 
-SAMPLERS = ("ddpm", "ddim", "dpm")
-DEFAULT_FAST_STEPS = {"ddim": 50, "dpm": 25}
+SAMPLERS = SAMPLER_NAMES
+DEFAULT_FAST_STEPS = FAST_STEPS
 
 
 def paper_scheduler(num_train_timesteps: int = 2000, **overrides: Any) -> DDPMScheduler:
@@ -47,17 +48,10 @@ def paper_scheduler(num_train_timesteps: int = 2000, **overrides: Any) -> DDPMSc
 
 
 def make_scheduler(sampler: str, train_scheduler_config: Any) -> Any:
-    """A sampler built from the training scheduler's config: "ddpm" (ancestral), "ddim" (eta 0) or "dpm"
-    (DPM-Solver++(2M), thresholded, see :func:`medsd.pipelines.ddpm.fast_scheduler`)."""
-    if sampler == "ddpm":
-        return DDPMScheduler.from_config(train_scheduler_config)
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(
-            train_scheduler_config, timestep_spacing="trailing", set_alpha_to_one=True
-        )
-    if sampler == "dpm":
-        return fast_scheduler(train_scheduler_config)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    """A sampler built from the training scheduler's config (:func:`medsd.pipelines.samplers.make_sampler`):
+    "ddpm" (ancestral), "ddim" (eta 0), "dpm" (DPM-Solver++(2M), thresholded, see
+    :func:`medsd.pipelines.ddpm.fast_scheduler`) or "unipc"."""
+    return make_sampler(sampler, train_scheduler_config)
 
 
 def denoise(unet: Any, x_t: torch.Tensor, cond: torch.Tensor, t: Any) -> torch.Tensor:
@@ -251,9 +245,7 @@ class MedCDDPMPipeline(MedUNetPipeline):
             if isinstance(scheduler, DDPMScheduler):
                 num_inference_steps = scheduler.config.num_train_timesteps
             else:
-                num_inference_steps = DEFAULT_FAST_STEPS[
-                    "ddim" if isinstance(scheduler, DDIMScheduler) else "dpm"
-                ]
+                num_inference_steps = DEFAULT_FAST_STEPS[sampler_name(scheduler)]
 
         b = cond.shape[0]
         n = b * num_samples
@@ -267,11 +259,14 @@ class MedCDDPMPipeline(MedUNetPipeline):
 
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
+        # stochastic schedulers take the generator; deterministic ones (e.g. UniPC) have no such argument
+        takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = scheduler.scale_model_input(x, t)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 eps = denoise(self.unet, model_input, cond_rep, t).to(x.dtype)
-            x = scheduler.step(eps, t, x, generator=generator).prev_sample
+            x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
             if inpaint and i + 1 < len(timesteps):
                 noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
                 t_prev = timesteps[i + 1].reshape(1).expand(n)

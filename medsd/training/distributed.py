@@ -99,8 +99,26 @@ def check_launch() -> None:
             raise SystemExit(_run_cpu_processes(n))
 
 
-def _run_cpu_processes(n: int) -> int:
-    """Run this script again in ``n`` processes with ``torch.distributed.run`` (gloo); their exit status."""
+def unstarted_cpu_processes() -> int | None:
+    """N when ``accelerate launch --num_processes N`` (N > 1, with or without ``--cpu``) started only this
+    process on a machine without CUDA (accelerate starts several CPU processes only through MPI); else None."""
+    import torch
+
+    launched = os.environ.get("MASTER_ADDR") and "ACCELERATE_MIXED_PRECISION" in os.environ
+    if _world_size() > 1 or not launched or os.environ.get(RELAUNCHED_ENV) or torch.cuda.is_available():
+        return None
+    n = _launcher_num_processes()
+    return n if n and n > 1 else None
+
+
+def run_cpu_processes(n: int, argv: list[str]) -> int:
+    """Run ``python ARGV`` in ``n`` processes with ``torch.distributed.run`` (gloo); their exit status."""
+    return _run_cpu_processes(n, argv)
+
+
+def _run_cpu_processes(n: int, argv: list[str] | None = None) -> int:
+    """Run this script (or ``argv``) again in ``n`` processes with ``torch.distributed.run`` (gloo); their exit
+    status."""
     import subprocess
 
     # A free port, not accelerate's fixed default (29500): the parent `accelerate launch` never listens on it,
@@ -118,7 +136,7 @@ def _run_cpu_processes(n: int) -> int:
         os.environ.get("MASTER_ADDR", "127.0.0.1"),
         "--master_port",
         port,
-        *(sys.argv if sys.argv and sys.argv[0] else ["-"]),
+        *(argv or (sys.argv if sys.argv and sys.argv[0] else ["-"])),
     ]
     print(
         f"medsd: starting {n} CPU processes (gloo) for `accelerate launch --cpu --num_processes {n}`",

@@ -1,0 +1,100 @@
+"""Images per second: ``medsd generate`` against the diffusers docs' multi-process recipe, same model, batch,
+steps and number of processes.
+
+    OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --num_images 32 --batch_size 8 --steps 10
+    python benchmarks/generate_throughput.py --device cuda --num_images 512 --batch_size 32   # GPU line
+
+The recipe is the one of diffusers' "Distributed inference" page: ``PartialState().split_between_processes``
+over the work list, one pipeline call per batch, each process saving its images (no per-image seeds, no
+resume, no manifest). medsd runs ``python -m medsd generate`` with its defaults (``--dtype auto``,
+``--batch_invariant auto``), writing sidecars, manifest parts, ``metadata.jsonl`` and the card. Both are
+started with ``torch.distributed.run --nproc_per_node N`` (gloo on CPU), and timed from start to exit
+(imports and model loading included, the same for both). The model is a light-ct U-Net with random weights
+(the time does not depend on them) saved as a medsd DDPM folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RECIPE = """
+import sys
+import torch
+from accelerate import PartialState
+from medsd.pipelines.ddpm import MedDDPMPipeline
+
+model, out, n, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+state = PartialState()
+pipe = MedDDPMPipeline.from_pretrained(model).to(state.device)
+pipe.set_progress_bar_config(disable=True)
+with state.split_between_processes(list(range(n))) as indices:
+    for start in range(0, len(indices), batch):
+        chunk = indices[start : start + batch]
+        images = pipe(batch_size=len(chunk), num_inference_steps=steps).images
+        for i, image in zip(chunk, images):
+            image.save(f"{out}/{i:05d}.png")
+"""
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:6])} ... failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    from diffusers import DDPMScheduler
+
+    from medsd.models.presets import build_unet
+    from medsd.pipelines.ddpm import MedDDPMPipeline, fast_scheduler
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num_images", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    unet = build_unet("light-ct", sample_size=args.resolution)
+    pipe = MedDDPMPipeline(
+        unet=unet, scheduler=fast_scheduler(DDPMScheduler(num_train_timesteps=1000).config)
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1")
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.processes)]
+    with tempfile.TemporaryDirectory() as tmp:
+        model, recipe = Path(tmp) / "model", Path(tmp) / "recipe.py"
+        pipe.save_pretrained(model)
+        recipe.write_text(RECIPE)
+        (Path(tmp) / "recipe_out").mkdir()
+        n, b, s = str(args.num_images), str(args.batch_size), str(args.steps)
+        t_recipe = _timed([*launch, str(recipe), str(model), f"{tmp}/recipe_out", n, b, s], env)
+        medsd = ["-m", "medsd", "generate", str(model), "--out", f"{tmp}/medsd_out", "--num_images", n]
+        t_medsd = _timed([*launch, *medsd, "--batch_size", b, "--num_inference_steps", s], env)
+    print(
+        f"light-ct {args.resolution} px, {args.num_images} images, batch {args.batch_size}, {args.steps} steps, "
+        f"{args.processes} {args.device} processes (torch.distributed.run)"
+    )
+    print("| | images/s | time |\n| --- | --- | --- |")
+    print(
+        f"| diffusers docs recipe (split_between_processes) | {args.num_images / t_recipe:.2f} | {t_recipe:.1f} s |"
+    )
+    print(f"| medsd generate | {args.num_images / t_medsd:.2f} | {t_medsd:.1f} s |")
+    print(f"medsd / recipe: {t_recipe / t_medsd:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
