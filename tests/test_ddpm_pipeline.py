@@ -245,8 +245,8 @@ def test_sample_command_writes_original_units(pipe, tmp_path, fmt):
         "cpu",
     ]
     assert main(args) == 0
-    files = sorted(f for f in out.iterdir() if f.suffix != ".json")  # each image has a NAME.json sidecar
-    assert len(files) == 2 and len(list(out.glob("*.json"))) == 2
+    files = sorted(f for f in out.glob("sample_*") if f.suffix != ".json")  # each has a NAME.json sidecar
+    assert len(files) == 2 and len(list(out.glob("sample_*.json"))) == 2
     # image k is drawn with its own generator seeded seed + k (medsd generate's convention)
     gen = [torch.Generator().manual_seed(0)]
     expected = pipe(batch_size=1, num_inference_steps=5, generator=gen, output_type="native").images[0]
@@ -255,7 +255,9 @@ def test_sample_command_writes_original_units(pipe, tmp_path, fmt):
         np.testing.assert_allclose(img.array, expected, atol=1.0)
     elif fmt == "png16":  # 16-bit levels of the [-1000, 400] window
         np.testing.assert_allclose(-1000 + img.array / 65535 * 1400, expected, atol=0.1)
-    assert main(args) == 2  # never silently writes into a folder with images
+    written = {f.name: f.read_bytes() for f in out.glob("sample_*")}
+    assert main(args) == 0  # the same command again: every image verifies, nothing is drawn or rewritten
+    assert {f.name: f.read_bytes() for f in out.glob("sample_*")} == written
 
 
 def test_train_labels_selects_one_class():

@@ -181,7 +181,10 @@ def test_dataset_push_reaches_the_hub_call_private_with_the_gate(ddpm_dir, tmp_p
         "--token",
         "hf_secret123456",
     ]
-    assert main(push) == 0
+    assert main(push) == 2  # no memorisation audit: refused before any Hub call
+    assert not calls
+    assert main([*push, "--skip_audit"]) == 0
+    assert "--skip_audit" in (out / "README.md").read_text()
     assert calls["create"] == (
         "me/synthetic-ct",
         {"repo_type": "dataset", "private": True, "exist_ok": True, "token": "hf_secret123456"},
@@ -197,8 +200,10 @@ def test_dataset_push_reaches_the_hub_call_private_with_the_gate(ddpm_dir, tmp_p
     calls.clear()
     assert main([*push, "--eval_report", str(report)]) == 2  # the models' memorisation gate
     assert "upload" not in calls
-    assert main([*push, "--eval_report", str(report), "--allow_memorised"]) == 0
-    assert "memorisation audit" in (out / "README.md").read_text()
+    assert main([*push, "--eval_report", str(report), "--allow_memorised"]) == 2  # and it is invalid
+    assert "upload" not in calls
+    assert main([*push, "--eval_report", str(report), "--allow_memorised", "--skip_audit"]) == 0
+    assert "--allow_memorised" in (out / "README.md").read_text()
 
 
 def test_sigterm_finishes_the_batch_then_the_same_command_finishes_the_run(ddpm_dir, tmp_path, monkeypatch):

@@ -187,11 +187,13 @@ def c2st_section(real: np.ndarray, fake: np.ndarray, cfg: EvalConfig, log=print)
     """Classifier two-sample test real vs fake, and real vs real at the same size (the floor)."""
     from .c2st import c2st_floor, classifier_two_sample_test
 
-    n = min(len(real), len(fake))
-    if n < 4:
-        return {"skipped": f"too few images for a C2ST (real {len(real)}, fake {len(fake)})"}
+    floor_n = min(len(fake), len(real) // 2)  # the floor needs two disjoint real sets of this size
+    if floor_n < 4:
+        return {
+            "skipped": f"too few images for a C2ST beside its floor (real {len(real)}, fake {len(fake)}; "
+            "needs at least 8 real and 4 fake)"
+        }
     opts = dict(folds=cfg.c2st_folds, epochs=cfg.c2st_epochs)
-    floor_n = min(n, len(real) // 2)
     result = classifier_two_sample_test(real, fake, n=floor_n, seed=cfg.seed, **opts)
     floor = c2st_floor(real, floor_n, draws=cfg.c2st_draws, seed=cfg.seed, **opts)
     log(
