@@ -51,29 +51,19 @@ def run(args: argparse.Namespace) -> int:
     from medsd.pipelines.folder import check_shareable_folder
     from medsd.training.hub import push_folder
 
-    if getattr(args, "repo_type", "model") == "dataset":
-        from .push_dataset import push_dataset_folder
-
-        push_dataset_folder(
-            args.output_dir,
-            args.repo_id,
-            token=args.token,
-            private=not args.public,
-            allow_memorised=args.allow_memorised,
-            skip_audit=args.skip_audit,
-            eval_report=args.eval_report,
-        )
-        return 0
-
-    # a checkpoint, an unfinished run or pickle-only weights are refused before any network call
-    check_shareable_folder(Path(args.output_dir), allow_pickle=args.allow_pickle)
-    push_folder(
-        args.output_dir,
-        args.repo_id,
+    options = dict(
         token=args.token,
         private=not args.public,
         allow_memorised=args.allow_memorised,
         skip_audit=args.skip_audit,
         eval_report=args.eval_report,
     )
+    if getattr(args, "repo_type", "model") == "dataset":
+        from .push_dataset import push_dataset_folder
+
+        push_dataset_folder(args.output_dir, args.repo_id, **options)
+        return 0
+    # a checkpoint, an unfinished run or pickle-only weights are refused before any network call
+    check_shareable_folder(Path(args.output_dir), allow_pickle=args.allow_pickle)
+    push_folder(args.output_dir, args.repo_id, **options)
     return 0
