@@ -395,7 +395,7 @@ class Trainer:
         if acc.is_main_process and self.log_with:
             acc.init_trackers(
                 "medsd",
-                config={k: _loggable(v) for k, v in dataclasses.asdict(config).items() if k != "hub_token"},
+                config={k: _loggable(v) for k, v in config_record(config).items()},
             )
         self.progress = tqdm(
             total=config.max_train_steps,
