@@ -45,6 +45,8 @@ class Alias:
     convert: Callable[[Any], Any] | None = None
     part: int | None = None
     removed_in: str | None = None
+    takes_bool: bool = False
+    """The alias alone (``--center_crop``) means true, as a boolean flag does."""
 
 
 def flag(
@@ -290,9 +292,18 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config",
 
 # -- the command line ----------------------------------------------------------------------------------
 class _Given(argparse.Action):
-    """Records a flag's raw value under the option string used (its field's name or an alias)."""
+    """Records a flag's raw value under the option string used (its field's name or an alias); an option in
+    ``bool_options`` given alone means true."""
+
+    def __init__(self, *args: Any, bool_options: frozenset[str] = frozenset(), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.bool_options = bool_options
 
     def __call__(self, parser, namespace, values, option_string=None):  # noqa: D102
+        if values is None:
+            if option_string not in self.bool_options:
+                parser.error(f"argument {option_string}: expected one argument")
+            values = "true"
         given = dict(getattr(namespace, "_given", {}))
         given[(option_string or self.dest).lstrip("-")] = values
         namespace._given = given
@@ -322,10 +333,11 @@ def add_dataclass_arguments(parser: Any, cls: type, config_file: bool = True) ->
         kw: dict[str, Any] = dict(action=_Given, dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if required:
             kw["required"] = True
-        if tp is bool:
-            kw.update(nargs="?", const="true", metavar="BOOL")
-        else:
-            kw.update(nargs=meta["nargs"], metavar=meta["metavar"] or f.name.upper())
+        bools = {n for n, a in zip(names[1:], meta["aliases"]) if a.takes_bool}
+        bools |= set(names) if tp is bool else set()
+        kw.update(nargs=meta["nargs"], metavar=meta["metavar"] or ("BOOL" if tp is bool else f.name.upper()))
+        if bools:
+            kw.update(nargs="?", bool_options=frozenset(bools))
         parser.add_argument(*names, **kw)
 
 

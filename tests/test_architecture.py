@@ -16,7 +16,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "medsd"
-LAYERS = {"data": 0, "models": 0, "errors": 0, "flags": 0, "run_folder": 0, "pipelines": 1, "metrics": 1, "training": 2}
+LAYERS = {
+    "data": 0,
+    "models": 0,
+    "errors": 0,
+    "flags": 0,
+    "run_folder": 0,
+    "pipelines": 1,
+    "metrics": 1,
+    "training": 2,
+}
 
 
 def _module_name(path: Path) -> str:

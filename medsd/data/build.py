@@ -138,7 +138,7 @@ class DataConfig(metaclass=AliasedInit):
     crop: str = flag(
         "center",
         choices=("center", "random"),
-        aliases=(Alias("center_crop", convert=_center_or_random),),
+        aliases=(Alias("center_crop", convert=_center_or_random, takes_bool=True),),
         help="center or random (diffusers' --center_crop true / false: center / random).",
     )
     affine: bool = flag(

@@ -17,7 +17,7 @@ from torch import nn
 from medsd.flags import flag
 
 from .config import TrainConfig
-from .core import seeded_task, train
+from .core import Trainer
 from .data_args import DataArgs, build_training_data
 from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
 
@@ -196,7 +196,7 @@ def restoration_grid(rows: list[torch.Tensor], pad: int = 2) -> Any:
 
 def train_cddpm(config: CDDPMTrainConfig):
     """Train and save a :class:`~medsd.pipelines.cddpm.MedCDDPMPipeline` into ``config.output_dir``."""
-    return train(seeded_task(CDDPMTask, config), config)
+    return Trainer.from_config(CDDPMTask, config).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from torch import nn
 from medsd.flags import Alias, flag
 
 from .config import TrainConfig, steps_for_epochs, with_epochs  # noqa: F401 - steps_for_epochs: public here before
-from .core import seeded_task, train
+from .core import Trainer
 from .data_args import DataArgs, build_training_data
 from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
 
@@ -90,8 +90,7 @@ class DDPMTask(UNetDiffusionTask):
 
 def train_ddpm(config: DDPMTrainConfig):
     """Train and save a :class:`~medsd.pipelines.ddpm.MedDDPMPipeline` into ``config.output_dir``."""
-    task = seeded_task(DDPMTask, config)
-    return train(task, task.config)
+    return Trainer.from_config(DDPMTask, config).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,7 +166,7 @@ def recipe_main(
     config_cls: type, train_fn: Callable[[Any], TrainResult], prog: str, argv: list[str] | None = None
 ) -> int:
     """``medsd train FAMILY`` / ``recipes/train_FAMILY.py``: parse flags (and ``--config`` YAML), train, say where."""
-    config = parse_config(config_cls, argv, prog=prog)
+    config = parse_config(config_cls, argv, prog=prog, check=False)  # checked once, by Trainer.from_config
     result = train_fn(config)
     print(f"pipeline saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
     return 0

@@ -16,13 +16,11 @@ from typing import Any
 
 from medsd.errors import MedsdConfigError, MedsdError
 from medsd.flags import resume_may_change, secret_fields
+from medsd.run_folder import LOCK_NAME, RunFolder
 
 from .checkpoints import find_checkpoint, read_checkpoint_config, read_checkpoint_meta
 
 logger = logging.getLogger("medsd.training")
-
-LOCK_NAME = ".tmp-medsd.lock"
-"""In the output folder; a ``.tmp-`` name, so the output-folder check and ``medsd push`` pass it by."""
 
 
 # -- the lock ------------------------------------------------------------------------------------------
@@ -56,7 +54,7 @@ class OutputDirLock:
 
     def __init__(self, output_dir: str | Path):
         self.output_dir = Path(output_dir)
-        self.path = self.output_dir / LOCK_NAME
+        self.path = RunFolder(output_dir).lock
         self.fd: int | None = None
         self._created_dir = False
 
