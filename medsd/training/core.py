@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,8 +45,6 @@ from .run_guard import (
 )
 from .signals import StopSignals, TrainingInterrupted
 from .task import PREDICTION_TYPES, BatchSource, TrainingTask, default_collate, diffusion_target
-
-TaskT = TypeVar("TaskT", bound=TrainingTask)
 
 logger = logging.getLogger("medsd.training")
 
@@ -527,33 +525,25 @@ class Trainer:
         Hub) run once, the output folder is locked once (a second run into it stops before loading
         anything), then ``set_seed(config.seed)`` (so ``--seed`` fixes the initial weights) and the task. The
         task's config (e.g. with epochs counted into steps) is the one trained."""
-        task, lock = _checked_task(task_cls, config)
+        from accelerate.utils import set_seed
+
+        from .config import check_ranges
+        from .distributed import check_launch
+
+        check_ranges(config)
+        check_launch()  # e.g. --multi_gpu without GPUs stops here; `--cpu --num_processes N` starts N processes
+        if config.push_to_hub:  # diffusers' examples create the repo first: fail before loading, not after
+            from .hub import check_hub_ready
+
+            check_hub_ready(config.hub_model_id, config.hub_token)
+        lock = lock_output_dir(config.output_dir)
         try:
+            set_seed(config.seed)
+            task = task_cls(config)
             return cls(task, getattr(task, "config", config), lock=lock)
         except BaseException:
             lock.release()
             raise
-
-
-def _checked_task(task_cls: Callable[[Any], TaskT], config: TrainConfig) -> tuple[TaskT, OutputDirLock]:
-    from accelerate.utils import set_seed
-
-    from .config import check_ranges
-    from .distributed import check_launch
-
-    check_ranges(config)
-    check_launch()  # e.g. --multi_gpu without GPUs stops here; `--cpu --num_processes N` starts N processes
-    if config.push_to_hub:  # diffusers' examples create the repo first: fail before loading, not after
-        from .hub import check_hub_ready
-
-        check_hub_ready(config.hub_model_id, config.hub_token)
-    lock = lock_output_dir(config.output_dir)
-    try:
-        set_seed(config.seed)
-        return task_cls(config), lock
-    except BaseException:
-        lock.release()
-        raise
 
 
 def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
