@@ -58,7 +58,7 @@ class EvalConfig:
         "patients for CSVs; not --train: the audit checks every training image)",
     )
     max_train_images: int | None = flag(
-        None, min=2, help="subsample --train to at most N (default: every training image is audited)"
+        None, min=2, help="subsample --train to at most N (none: every training image is audited)"
     )
     real_split: str = flag("all", choices=SPLIT_CHOICES, help=f"--real: {_SPLIT_HELP}")
     fake_split: str = flag("all", choices=SPLIT_CHOICES, help=f"--fake: {_SPLIT_HELP}")
@@ -86,7 +86,7 @@ class EvalConfig:
         None,
         min=0,
         max=1,
-        help="a fixed registered-NCC copy threshold instead of the calibrated one (default: calibrated)",
+        help="a fixed registered-NCC copy threshold instead of the calibrated one (none: calibrated)",
     )
     copy_quantile: float = flag(
         0.005,
