@@ -635,7 +635,7 @@ def ddpm_config(cfg: dict[str, Any], folder: Path, work: Path, model: str):
         adam_weight_decay=1e-6,
         use_ema=True,
         random_flip=True,
-        data_split="all",  # every image, as the stock loop reads them
+        split="all",  # every image, as the stock loop reads them
         num_validation_images=1,
         validation_inference_steps=1,
         **common_train_settings(cfg, work, model),
@@ -770,7 +770,7 @@ def workload_cddpm(ctx: dict[str, Any]) -> dict[str, Any]:
             adam_weight_decay=1e-6,
             use_ema=True,
             random_flip=True,
-            data_split="all",
+            split="all",
             num_validation_images=1,
             validation_inference_steps=1,
             **common_train_settings(cfg, ctx["work"], "cddpm"),

@@ -5,6 +5,7 @@ pipelines that are plain diffusers pipelines (config-held state, stock loaders).
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "medsd"
-LAYERS = {"data": 0, "models": 0, "errors": 0, "pipelines": 1, "metrics": 1, "training": 2}
+LAYERS = {
+    "data": 0,
+    "models": 0,
+    "errors": 0,
+    "flags": 0,
+    "run_folder": 0,
+    "pipelines": 1,
+    "metrics": 1,
+    "training": 2,
+}
 
 
 def _module_name(path: Path) -> str:
@@ -426,3 +436,119 @@ def test_a_missing_evaluation_source_is_named(tmp_path):
 
     with pytest.raises(MedImageError, match="nope: image source not found"):
         load_image_set(str(tmp_path / "nope"), size=16)
+
+
+# -- one place for each fact -------------------------------------------------------------------------------
+
+
+def _config_field_names() -> set[str]:
+    from medsd.data.build import DataConfig
+    from medsd.flags import settable_fields
+    from medsd.metrics.evaluate import EvalConfig
+    from medsd.training.cddpm import CDDPMTrainConfig
+    from medsd.training.ddpm import DDPMTrainConfig
+    from medsd.training.sd_lora_config import SDLoRATrainConfig
+
+    classes = (DataConfig, EvalConfig, CDDPMTrainConfig, DDPMTrainConfig, SDLoRATrainConfig)
+    return {f.name for cls in classes for f in settable_fields(cls)}
+
+
+def _table_strings(node: ast.AST) -> list[str]:
+    """The string members of a table literal: dict keys, tuple / list / set items (nested, and inside calls
+    such as ``frozenset({...})`` or ``dict.fromkeys((...), 0)``)."""
+    if isinstance(node, ast.Dict):  # the keys, and what a ``**`` unpacks
+        keys = [k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+        return keys + [s for k, v in zip(node.keys, node.values) if k is None for s in _table_strings(v)]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [s for e in node.elts for s in ([e.value] if isinstance(e, ast.Constant) else _table_strings(e))
+                if isinstance(s, str)]  # fmt: skip
+    if isinstance(node, ast.Call):
+        return [s for a in node.args for s in _table_strings(a)]
+    if isinstance(node, ast.DictComp | ast.SetComp | ast.ListComp):
+        return [s for g in node.generators for s in _table_strings(g.iter)]
+    return []
+
+
+def _field_name_tables(source: str, fields: set[str]) -> list[str]:
+    """Module- and class-level constants whose string members are mostly config field names, and functions
+    returning such a table: a field's meaning kept away from the field, keyed by its name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        bodies = [node.body] if isinstance(node, ast.Module | ast.ClassDef) else []
+        values = [
+            (s.lineno, s.value) for body in bodies for s in body if isinstance(s, ast.Assign | ast.AnnAssign)
+        ]
+        if isinstance(node, ast.FunctionDef):  # a function returning a static table (not a record of values)
+            returns = [r.value for r in ast.walk(node) if isinstance(r, ast.Return)]
+            values += [
+                (r.lineno, r)
+                for r in returns
+                if isinstance(r, ast.Dict) and not any(isinstance(v, ast.Attribute) for v in r.values)
+            ]
+        for lineno, value in values:
+            strings = _table_strings(value) if value is not None else []
+            named = [s for s in strings if s in fields]
+            if named and len(named) >= 0.75 * len(strings):
+                found.append(f"{lineno}: {sorted(set(named))[:4]}")
+    return found
+
+
+def test_no_table_keyed_by_config_field_names():
+    """Help, range, choices, resume policy, aliases and secrecy are each declared with the field
+    (``medsd.flags.flag``), never in a table keyed by field names."""
+    fields = _config_field_names()
+    planted = textwrap.dedent(
+        """
+        SECRET = ("hub_token",)
+        _AT_LEAST = {**dict.fromkeys(("max_train_steps", "train_batch_size"), 1), "logging_steps": 1}
+        FREE = frozenset({"output_dir", "report_to", "validation_prompt"})
+        def _choices():
+            return {"lr_scheduler": ("constant", "cosine"), "crop": ("center", "random")}
+        """
+    )
+    assert len(_field_name_tables(planted, fields)) == 4  # the check finds each kind of table
+    offenders = [
+        f"{p.relative_to(ROOT)}:{hit}"
+        for p in PKG.rglob("*.py")
+        for hit in _field_name_tables(p.read_text(), fields)
+    ]
+    assert not offenders, offenders
+
+
+def test_aliases_are_option_strings_not_fields(tmp_path):
+    from medsd.flags import field_meta, settable_fields
+    from medsd.training.config import parse_config, save_config
+    from medsd.training.ddpm import DDPMTrainConfig
+
+    aliases = {
+        a.name
+        for f in settable_fields(DDPMTrainConfig)
+        for a in field_meta(DDPMTrainConfig, f.name)["aliases"]
+    }
+    assert {"data_split", "random_flip", "center_crop", "ddpm_num_steps", "logger", "dataset_name"} <= aliases
+    assert not aliases & {f.name for f in dataclasses.fields(DDPMTrainConfig)}
+    cfg = parse_config(DDPMTrainConfig, ["--random_flip", "--logger", "none", "--output_dir", str(tmp_path)])
+    save_config(cfg, tmp_path / "c.yaml")
+    saved = (tmp_path / "c.yaml").read_text()
+    assert (
+        "hflip: true" in saved and "report_to: none" in saved and not any(f"{a}:" in saved for a in aliases)
+    )
+
+
+RUN_FOLDER_NAMES = ("checkpoint-", "medsd_checkpoint.json", ".tmp-medsd.lock", ".tmp-final", ".trash-")
+
+
+def test_only_the_run_folder_module_spells_its_names():
+    """Checkpoint, lock, stage and trash names are spelled only in medsd/run_folder.py; in training, so are
+    logs/ and samples/ (every layer asks ``RunFolder``)."""
+    offenders = []
+    for p in PKG.rglob("*.py"):
+        if p == PKG / "run_folder.py":
+            continue
+        training = p.relative_to(PKG).parts[0] == "training"
+        for c in _constants(ast.parse(p.read_text())):
+            if c.startswith(RUN_FOLDER_NAMES) or (
+                training and c in ("logs", "samples", "train_summary.json")
+            ):
+                offenders.append(f"{p.relative_to(ROOT)}: {c!r}")
+    assert not offenders, offenders

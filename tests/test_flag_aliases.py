@@ -79,7 +79,7 @@ def test_data_flags_are_the_data_config_fields_and_old_names_alias_them():
         "--split", "all", "--hflip", "--affine", "true", "--max_samples", "5", "--window=-1000,400",
         "--train_data", "phantom-ct",
     ])  # fmt: skip
-    assert old == new and old.random_flip is None and old.window == (-1000.0, 400.0)
+    assert old == new and not hasattr(old, "random_flip") and old.window == (-1000.0, 400.0)
     d = new.data_config()
     assert type(d) is DataConfig and (d.source, d.phantom_kind, d.split, d.hflip) == (
         "phantom",

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medsd.errors import MedsdConfigError
-
-SEED_MAX = 2**32 - 1
-"""Seeds also seed numpy, whose seeds are 32-bit."""
+from medsd.flags import SEED_MAX
 
 
 def value_ranges(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medsd.errors import MedsdError
+from medsd.run_folder import CHECKPOINT_PREFIX
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 CONDITION_COLUMNS = ("condition", "image", "path", "filename", "file_name")
@@ -97,7 +98,9 @@ def weights_sha256(folder: str | os.PathLike) -> str:
     h = hashlib.sha256()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     files = [
-        p for p in files if not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)
+        p
+        for p in files
+        if not any(part.startswith(CHECKPOINT_PREFIX) for part in p.relative_to(folder).parts)
     ]
     if not files:
         raise GenerateError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) to hash")

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite_output_dir=args.overwrite_output_dir,
         train_data="phantom",
         phantom_count=args.num_images,
-        data_split="all",
+        split="all",
         resolution=args.resolution,
         model="light-tiny",
         train_batch_size=args.train_batch_size,

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from medsd.flags import Alias, AliasedInit, flag, to_bool
+
 from .datasets import CSVImageDataset, FolderImageDataset, _hash_part, patient_split  # noqa: F401
 from .errors import MedImageError
 from .hf_datasets import HFImageDataset, HFStreamingImageDataset  # noqa: F401
@@ -96,8 +98,15 @@ def parse_source(
     return SourceSpec("hf", source)
 
 
+INTENSITY_CHOICES = ("auto", "window", "minmax", "percentile")
+
+
+def _center_or_random(value: Any) -> str:
+    return "center" if to_bool("center_crop")(value) else "random"
+
+
 @dataclass
-class DataConfig:
+class DataConfig(metaclass=AliasedInit):
     """Everything ``build_dataset`` needs. ``image_column`` defaults to ``"filename"`` (csv) / ``"image"``
     (hf); ``split`` picks one part of a patient-level split (``"all"`` keeps everything); ``hf_split`` is
     the Hugging Face split to load.
@@ -109,48 +118,74 @@ class DataConfig:
     ``max_aspect_ratio`` (default 4; None: no limit) refuse images too small or too elongated to become
     data; ``allow_outside_root`` lets CSV paths leave the CSV's folder (``../x.png``, absolute paths)."""
 
-    source: str = "phantom"
-    """phantom, folder, csv or hf (see :func:`parse_source`)."""
+    source: str = flag("phantom", help="phantom, folder, csv or hf (see :func:`parse_source`).")
     path: str | None = None
-    image_column: str | None = None
-    """Image path column of a metadata CSV (default 'filename') or image column of a datasets dataset
-    (default 'image')."""
+    image_column: str | None = flag(
+        None,
+        help="Image path column of a metadata CSV (default 'filename') or image column of a datasets dataset "
+        "(default 'image').",
+    )
     label_column: str | None = None
     caption_column: str | None = None
-    patient_column: str | None = None
-    """Patient id column: splits never put one patient on both sides."""
-    patient_id_pattern: str | None = None
-    """Folders: a regex whose first group, searched in the file name, is the patient id."""
-    prompt_template: str | None = None
-    """e.g. 'a chest x-ray, {label}' (fields from the metadata)."""
+    patient_column: str | None = flag(
+        None, help="Patient id column: splits never put one patient on both sides."
+    )
+    patient_id_pattern: str | None = flag(
+        None, help="Folders: a regex whose first group, searched in the file name, is the patient id."
+    )
+    prompt_template: str | None = flag(None, help="e.g. 'a chest x-ray, {label}' (fields from the metadata).")
     resolution: int = 64
-    crop: str = "center"
-    """center or random."""
-    affine: bool = False
-    """Small random rotation, shift and zoom."""
-    hflip: bool = False
-    """Random left-right flip; off by default: a flip swaps left and right in a chest X-ray."""
-    upscale: bool = True
-    """Enlarge images smaller than the resolution (false: refuse them)."""
-    intensity: str = "auto"
-    """auto (chosen from the data's type and modality), window (fixed; see window), minmax or percentile
-    (fitted)."""
-    window: tuple[float, float] | None = None
-    """(low, high) of the window mapping in native units; on the command line LOW,HIGH (--window=-1000,400 for HU)."""
+    crop: str = flag(
+        "center",
+        choices=("center", "random"),
+        aliases=(Alias("center_crop", convert=_center_or_random, takes_bool=True),),
+        help="center or random (diffusers' --center_crop true / false: center / random).",
+    )
+    affine: bool = flag(
+        False,
+        aliases=(Alias("affine_jitter", removed_in="0.3.0"),),
+        help="Small random rotation, shift and zoom.",
+    )
+    hflip: bool = flag(
+        False,
+        aliases=("random_flip",),
+        help="Random left-right flip (diffusers' --random_flip); off by default: a flip swaps left and right in "
+        "a chest X-ray.",
+    )
+    upscale: bool = flag(True, help="Enlarge images smaller than the resolution (false: refuse them).")
+    intensity: str = flag(
+        "auto",
+        choices=INTENSITY_CHOICES,
+        help="auto (chosen from the data's type and modality), window (fixed; see window), minmax or percentile "
+        "(fitted).",
+    )
+    window: tuple[float, float] | None = flag(
+        None,
+        aliases=(
+            Alias("window_low", part=0, removed_in="0.3.0"),
+            Alias("window_high", part=1, removed_in="0.3.0"),
+        ),
+        help="(low, high) of the window mapping in native units; on the command line LOW,HIGH "
+        "(--window=-1000,400 for HU).",
+    )
     percentiles: tuple[float, float] = (0.5, 99.5)
-    fit_samples: int = 64
-    """Images a fitted intensity mapping (minmax, percentile) is fitted on."""
-    split: str = "train"
-    """train, val, test, heldout (val and test) or all (patient-level split of the source)."""
+    fit_samples: int = flag(64, help="Images a fitted intensity mapping (minmax, percentile) is fitted on.")
+    split: str = flag(
+        "train",
+        choices=SPLIT_CHOICES,
+        aliases=(Alias("data_split", removed_in="0.3.0"),),
+        help="train, val, test, heldout (val and test) or all (patient-level split of the source).",
+    )
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
-    max_samples: int | None = None
-    """Keep at most this many images (the first of the split)."""
-    skip_bad_images: bool = False
-    """Skip unreadable images (listed at the end) instead of stopping."""
+    max_samples: int | None = flag(
+        None, aliases=("max_train_samples",), help="Keep at most this many images (the first of the split)."
+    )
+    skip_bad_images: bool = flag(
+        False, help="Skip unreadable images (listed at the end) instead of stopping."
+    )
     streaming: bool = False
-    hf_split: str = "train"
-    """Split of a Hugging Face dataset to load."""
+    hf_split: str = flag("train", help="Split of a Hugging Face dataset to load.")
     data_dir: str | None = None
     phantom_kind: str = "chest"
     phantom_count: int = 1000
@@ -170,9 +205,6 @@ class DataConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-INTENSITY_CHOICES = ("auto", "window", "minmax", "percentile")
 
 
 def source_config(

@@ -207,7 +207,7 @@ def mapping_from_dict(d: dict) -> IntensityMapping:
 CT_WINDOW = (-1000.0, 1000.0)
 """Default HU window of CT DICOM: air (-1000) to dense bone (+1000), the same for every CT source."""
 _CHOICES = (
-    "set the intensity mapping yourself: --intensity window with --window_low/--window_high, "
+    "set the intensity mapping yourself: --intensity window with --window LOW,HIGH, "
     "--intensity minmax or --intensity percentile"
 )
 

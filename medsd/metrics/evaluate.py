@@ -6,10 +6,13 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from medsd.data.splits import SPLIT_CHOICES
+from medsd.flags import SEED_MAX, Alias, flag, to_bool
 
 from .features import extract_features, get_extractor
 from .io import ImageSet, load_subsampled
@@ -20,58 +23,132 @@ EXIT_ERROR = 2
 EXIT_COPIES = 3
 
 
+def _negated(name: str):
+    """An alias converter: ``--no_X`` / ``--quiet`` set the field they negate."""
+    return lambda value: not to_bool(name)(value)
+
+
+_SPLIT_HELP = (
+    "part of the source's patient-level split, as training splits it with the same --seed (heldout = val and "
+    "test: patients a model trained on the train split never saw)"
+)
+
+
 @dataclass
 class EvalConfig:
-    real: str
-    fake: str
-    out: str
-    train: str | None = None
-    features: list[str] = field(default_factory=lambda: ["radiomics"])
-    size: int = 128
-    max_images: int | None = None
-    """Cap on the real and fake sets (not on train: the audit checks every training image)."""
-    max_train_images: int | None = None
-    real_split: str = "all"
-    """Part of the real source's patient-level split (train, val, test, heldout, all), as training splits it."""
-    fake_split: str = "all"
-    train_split: str = "all"
-    real_label: str | None = None
-    fake_label: str | None = None
-    train_label: str | None = None
-    label_column: str = "label"
-    filename_column: str = "filename"
-    patient_column: str = "patient_id"
-    intensity: str | None = None
-    """Intensity mapping of every set, as in training (window, minmax, percentile); None: training's default."""
-    window: tuple[float, float] | None = None
-    """(low, high) of the window mapping in native units; None: 0..255."""
-    k: int = 3
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    copy_threshold: float | None = None
-    """A fixed registered-NCC copy threshold instead of the calibrated one (None: calibrated)."""
-    copy_quantile: float = 0.005
-    planted_per_kind: int = 20
-    min_planted_recall: float = 0.9
-    ncc_size: int = 64
-    diversity_pairs: int = 200
-    class_pairs: int = 500
-    paired: bool = False
-    lpips: bool = False
-    lpips_weights: str | None = None
-    reference_draws: int = 10
-    downstream: bool = False
-    downstream_epochs: int = 15
-    c2st: bool = True
-    c2st_folds: int = 5
-    c2st_epochs: int = 12
-    c2st_draws: int = 3
-    image_figures: bool = True
-    seed: int = 0
-    inception_weights: str | None = None
-    clip_checkpoint: str | None = None
-    device: str = "cpu"
-    progress: bool = True
+    """What ``medsd eval`` compares and how; every field is a flag of the same name."""
+
+    real: str = flag(
+        help="real images: a folder, metadata CSV with a filename column, or hf:<dataset id>[:split]"
+    )
+    fake: str = flag(help="synthetic images (a source as for --real)")
+    out: str = flag(help="output folder (report.json, report.md, figures/, cache/)")
+    train: str | None = flag(None, help="training images for the memorisation audit")
+    features: list[str] = flag(
+        ["radiomics"],
+        nargs="+",
+        help="feature extractors: radiomics (offline; medsd distance, not comparable to published FID), "
+        "inception (standard FID/KID on raw features), clip:<arch>[:<tag>], clip:biomedclip, xrv",
+    )
+    size: int = flag(128, min=16, help="working resolution in px")
+    max_images: int | None = flag(
+        None,
+        min=2,
+        help="subsample the real and fake sets to at most N (seeded random; label-proportional and spread over "
+        "patients for CSVs; not --train: the audit checks every training image)",
+    )
+    max_train_images: int | None = flag(
+        None, min=2, help="subsample --train to at most N (none: every training image is audited)"
+    )
+    real_split: str = flag("all", choices=SPLIT_CHOICES, help=f"--real: {_SPLIT_HELP}")
+    fake_split: str = flag("all", choices=SPLIT_CHOICES, help=f"--fake: {_SPLIT_HELP}")
+    train_split: str = flag("all", choices=SPLIT_CHOICES, help=f"--train: {_SPLIT_HELP}")
+    real_label: str | None = flag(None, help="keep only these labels from --real (comma-separated)")
+    fake_label: str | None = flag(None, help="keep only these labels from --fake (comma-separated)")
+    train_label: str | None = flag(None, help="keep only these labels from --train (comma-separated)")
+    label_column: str = flag("label", help="CSV label column")
+    filename_column: str = flag("filename", help="CSV file-name column")
+    patient_column: str = flag("patient_id", help="patient id column, used when present")
+    intensity: str | None = flag(
+        None,
+        help="intensity mapping, as in training: auto (default: chosen from the data, e.g. 0..255 for 8-bit), "
+        "window (see --window), minmax or percentile",
+    )
+    window: tuple[float, float] | None = flag(
+        None,
+        metavar="LOW,HIGH",
+        help="window of --intensity window in native units, e.g. the training window",
+    )
+    k: int = flag(3, min=1, help="k for precision/recall k-NN manifolds")
+    kid_subsets: int = flag(100, min=1)
+    kid_subset_size: int = flag(1000, min=2)
+    copy_threshold: float | None = flag(
+        None,
+        min=0,
+        max=1,
+        help="a fixed registered-NCC copy threshold instead of the calibrated one (none: calibrated)",
+    )
+    copy_quantile: float = flag(
+        0.005,
+        positive=True,
+        min=0,
+        max=1,
+        help="memorisation audit: flag a generated image closer to a training image than this quantile of "
+        "held-out real images are, per detector (0.005: about 1%% of new images flagged; needs at least "
+        "1/quantile held-out images)",
+    )
+    planted_per_kind: int = flag(
+        20, min=1, help="memorisation self-test: transformed copies of training images planted per kind"
+    )
+    min_planted_recall: float = flag(
+        0.9,
+        min=0,
+        max=1,
+        help="memorisation self-test: the audit is invalid when any kind's recall is below this",
+    )
+    ncc_size: int = flag(64, min=16, help="resolution of the registered-NCC copy search")
+    diversity_pairs: int = flag(200, min=1, help="image pairs for the MS-SSIM diversity")
+    class_pairs: int = flag(500, min=1, help="pairs per class for the class-set table")
+    paired: bool = flag(False, help="also compute paired metrics (fake/real matched by file name)")
+    lpips: bool = flag(False, help="with --paired: LPIPS (needs torchvision backbone weights)")
+    lpips_weights: str | None = flag(
+        None, help="torchvision AlexNet backbone file for LPIPS (alexnet-owt-7be5be79.pth); implies --lpips"
+    )
+    reference_draws: int = flag(
+        10, min=0, help="random draws for the same-size real/real reference (0 = none)"
+    )
+    downstream: bool = flag(
+        False, help="train small CNNs on synthetic / real / both (labels needed) and test on held-out real"
+    )
+    downstream_epochs: int = flag(15, min=1)
+    c2st: bool = flag(
+        True,
+        aliases=(Alias("no_c2st", convert=_negated("no_c2st")),),
+        help="the classifier two-sample test (a small CNN telling real from fake); --no_c2st skips it",
+    )
+    c2st_folds: int = flag(5, min=2, help="cross-validation folds of the C2ST")
+    c2st_epochs: int = flag(12, min=1, help="C2ST classifier epochs")
+    c2st_draws: int = flag(
+        3, min=0, help="random real-vs-real draws for the C2ST floor at the same size (0 = none)"
+    )
+    image_figures: bool = flag(
+        True,
+        aliases=(Alias("no_image_figures", convert=_negated("no_image_figures")),),
+        help="figures showing images (sample grids, NN pairs); --no_image_figures writes only plots",
+    )
+    seed: int = flag(0, min=0, max=SEED_MAX)
+    inception_weights: str | None = flag(
+        None,
+        help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth); or MEDSD_INCEPTION_WEIGHTS",
+    )
+    clip_checkpoint: str | None = flag(None, help="local open_clip checkpoint; or MEDSD_CLIP_CHECKPOINT")
+    device: str = flag("cpu", help="device for learned extractors")
+    progress: bool = flag(
+        True, aliases=(Alias("quiet", convert=_negated("quiet")),), help="progress bars (--quiet: none)"
+    )
+
+    def __post_init__(self) -> None:
+        self.lpips = self.lpips or bool(self.lpips_weights)
 
 
 def _json_default(o):

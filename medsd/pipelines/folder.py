@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medsd.errors import MedsdConfigError
+from medsd.run_folder import looks_like_checkpoint
 
 MODEL_INDEX = "model_index.json"
 SHIM_MODULE = "pipeline_medsd"
@@ -33,8 +34,6 @@ LORA_INFO_FILE = "medsd_lora.json"
 # folders saved before the mapping moved into the config (read, never written)
 LEGACY_INTENSITY_FILE = "intensity_mapping.json"
 LEGACY_METADATA_FILE = "medsd.json"
-CHECKPOINT_META = "medsd_checkpoint.json"  # written by medsd.training.checkpoints
-CHECKPOINT_PREFIX = "checkpoint-"
 ACCELERATE_STATE_FILES = ("optimizer.bin", "scheduler.bin", "random_states_0.pkl")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 COMPONENT_LIBRARIES = ("diffusers", "transformers")
@@ -94,17 +93,13 @@ def not_a_model_error(folder: Path) -> ModelFolderError:
     if not entries:
         return ModelFolderError(f"{folder} is an empty folder; {expected}")
     names = {p.name for p in entries}
-    if (
-        folder.name.startswith(CHECKPOINT_PREFIX)
-        or CHECKPOINT_META in names
-        or names & set(ACCELERATE_STATE_FILES)
-    ):
+    if looks_like_checkpoint(folder) or names & set(ACCELERATE_STATE_FILES):
         return ModelFolderError(
             f"{folder} is a training checkpoint, not a model: use the run folder it belongs to "
             f"({folder.parent}) once training has finished, or continue training with "
             f"--resume_from_checkpoint {folder}"
         )
-    if any(p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) for p in entries):
+    if any(p.is_dir() and looks_like_checkpoint(p) for p in entries):
         return ModelFolderError(
             f"{folder} holds training checkpoints but no finished model (no {MODEL_INDEX}): training has not "
             "finished; continue it with --resume_from_checkpoint latest"
@@ -312,7 +307,7 @@ def check_shareable_folder(folder: Path, allow_pickle: bool = False) -> None:
     if allow_pickle:
         return
     for sub in sorted(p for p in [folder, *folder.iterdir()] if p.is_dir()):
-        if sub.name.startswith(CHECKPOINT_PREFIX):
+        if looks_like_checkpoint(sub):
             continue
         files = [p for p in sub.iterdir() if p.is_file()]
         pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from medsd.flags import flag
+
 from .config import TrainConfig
-from .core import seeded_task, train
+from .core import Trainer
 from .data_args import DataArgs, build_training_data
 from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
 
@@ -24,27 +26,33 @@ from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
 class CDDPMTrainConfig(UNetDiffusionArgs, DataArgs, TrainConfig):
     """Train an image-conditioned 1-channel DDPM (Med-cDiff): sr, denoise or inpaint (defaults: CPU-sized)."""
 
-    task: str = "sr"
-    """sr (super-resolution), denoise or inpaint."""
-    factor: float = 4.0
-    """Super-resolution factor; non-integer allowed (e.g. 2.8284 for 2*sqrt(2))."""
-    down_mode: str = "area"
-    """Super-resolution down-sampling: area, bicubic or bilinear."""
-    up_mode: str = "bicubic"
-    """Interpolation of the low-resolution image back to full size: bicubic, bilinear or nearest."""
-    noise_sigma: list[float] = dataclasses.field(default_factory=lambda: [0.05, 0.2])
-    """Denoising: range of the Gaussian noise sigma, in units of the [0, 1] intensity range."""
-    sp_amount: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.05])
-    """Denoising: range of the salt-and-pepper fraction of pixels."""
-    mask_kind: str = "mixed"
-    """Inpainting masks: box, irregular (free-form strokes), mixed or file."""
-    mask_file: str | None = None
-    """Inpainting: a mask image (white = missing) for mask_kind file."""
-    box_frac: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5])
-    """Inpainting: box side as a fraction of the image side."""
+    task: str = flag("sr", help="sr (super-resolution), denoise or inpaint.")
+    factor: float = flag(
+        4.0, help="Super-resolution factor; non-integer allowed (e.g. 2.8284 for 2*sqrt(2))."
+    )
+    down_mode: str = flag("area", help="Super-resolution down-sampling: area, bicubic or bilinear.")
+    up_mode: str = flag(
+        "bicubic",
+        help="Interpolation of the low-resolution image back to full size: bicubic, bilinear or nearest.",
+    )
+    noise_sigma: list[float] = flag(
+        [0.05, 0.2],
+        help="Denoising: range of the Gaussian noise sigma, in units of the [0, 1] intensity range.",
+    )
+    sp_amount: list[float] = flag(
+        [0.0, 0.05], help="Denoising: range of the salt-and-pepper fraction of pixels."
+    )
+    mask_kind: str = flag(
+        "mixed", help="Inpainting masks: box, irregular (free-form strokes), mixed or file."
+    )
+    mask_file: str | None = flag(None, help="Inpainting: a mask image (white = missing) for mask_kind file.")
+    box_frac: list[float] = flag([0.25, 0.5], help="Inpainting: box side as a fraction of the image side.")
     num_train_timesteps: int = 2000
-    validation_sampler: str = "ddpm"
-    """Sampler of the validation grid: ddpm (ancestral, robust also with fewer steps than T), ddim or dpm."""
+    validation_sampler: str = flag(
+        "ddpm",
+        resume="free",
+        help="Sampler of the validation grid: ddpm (ancestral, robust also with fewer steps than T), ddim or dpm.",
+    )
     validation_inference_steps: int = 100
     num_validation_images: int = 4
     output_dir: str = "outputs/cddpm"
@@ -188,7 +196,7 @@ def restoration_grid(rows: list[torch.Tensor], pad: int = 2) -> Any:
 
 def train_cddpm(config: CDDPMTrainConfig):
     """Train and save a :class:`~medsd.pipelines.cddpm.MedCDDPMPipeline` into ``config.output_dir``."""
-    return train(seeded_task(CDDPMTask, config), config)
+    return Trainer.from_config(CDDPMTask, config).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,25 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from medsd.errors import MedsdError
+from medsd.run_folder import (
+    CHECKPOINT_META,
+    FINISHED_MARKERS,
+    RUN_FINISHED,
+    RunFolder,
+)
 
 logger = logging.getLogger("medsd.training")
-
-CHECKPOINT_PREFIX = "checkpoint-"
-CHECKPOINT_META = "medsd_checkpoint.json"
-TRASH_PREFIX = ".trash-"
-"""Checkpoints being removed are renamed to this first (atomic), so a kill can never leave half of one."""
-FINAL_STAGE = ".tmp-final"
-"""The final model is written into ``OUTPUT/.tmp-final/<name>`` and moved in, the finished markers last."""
-FINISHED_MARKERS = ("model_index.json", "pytorch_lora_weights.safetensors", "train_summary.json")
-RUN_FINISHED = "train_summary.json"
-"""Moved in last of all: a medsd run is finished once it is there."""
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool = False, resuming: bool = False) -> Path:
     """Refuse to write into a folder that holds anything (a finished model, an earlier run's checkpoints,
     other files) unless resuming or asked to overwrite; ``overwrite`` also retires the old checkpoints, so
     a crash of the new run can never resume the old one."""
-    out = Path(output_dir)
+    out, run = Path(output_dir), RunFolder(output_dir)
     # One process decides (the others may start after it has written training_config.yaml); if it
     # refuses, the launcher stops the rest.
     if not out.is_dir() or resuming or os.environ.get("RANK", "0") != "0":
@@ -38,8 +34,8 @@ def check_output_dir(output_dir: str | Path, overwrite: bool = False, resuming: 
         for old in list_checkpoints(out):
             _remove(old)
         return out
-    finished = [m for m in FINISHED_MARKERS if (out / m).exists()]
-    if finished and not (out / RUN_FINISHED).exists() and list_checkpoints(out):
+    finished = run.finished_markers()
+    if finished and not run.run_finished.exists() and list_checkpoints(out):
         finished = []  # a run killed while moving its final model in: its checkpoints say resume it
     if finished:
         raise FileExistsError(
@@ -51,7 +47,7 @@ def check_output_dir(output_dir: str | Path, overwrite: bool = False, resuming: 
             f"output_dir {out} holds checkpoints of an earlier run ({list_checkpoints(out)[-1].name}); pass "
             "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to start over"
         )
-    others = sorted(p.name for p in out.iterdir() if not p.name.startswith((".tmp-", TRASH_PREFIX)))
+    others = run.user_files()
     if others:
         raise FileExistsError(
             f"output_dir {out} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
@@ -61,12 +57,8 @@ def check_output_dir(output_dir: str | Path, overwrite: bool = False, resuming: 
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    out = Path(output_dir)
-    if not out.is_dir():
-        return []
-    found = [p for p in out.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
-    found = [p for p in found if p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    """The run's ``checkpoint-<step>`` folders, oldest first."""
+    return RunFolder(output_dir).checkpoints()
 
 
 class CheckpointWriteError(MedsdError):
@@ -75,7 +67,7 @@ class CheckpointWriteError(MedsdError):
 
 def is_complete(checkpoint: Path) -> bool:
     """A checkpoint counts once its metadata file, written last before the atomic rename, is there."""
-    return (checkpoint / CHECKPOINT_META).is_file()
+    return RunFolder.checkpoint_meta(checkpoint).is_file()
 
 
 def find_checkpoint(output_dir: str | Path, which: str) -> Path | None:
@@ -97,19 +89,19 @@ def find_checkpoint(output_dir: str | Path, which: str) -> Path | None:
 
 def read_checkpoint_meta(checkpoint: Path) -> tuple[int, list[tuple[int, float]]]:
     """(step, loss history) stored in a checkpoint folder."""
-    meta = json.loads((checkpoint / CHECKPOINT_META).read_text())
+    meta = json.loads(RunFolder.checkpoint_meta(checkpoint).read_text())
     return int(meta["step"]), [tuple(h) for h in meta.get("loss_history", [])]
 
 
 def read_checkpoint_config(checkpoint: Path) -> tuple[str | None, dict[str, Any] | None]:
     """(config class name, config fields) a checkpoint was written with; (None, None) for older ones."""
-    meta = json.loads((checkpoint / CHECKPOINT_META).read_text())
+    meta = json.loads(RunFolder.checkpoint_meta(checkpoint).read_text())
     return meta.get("config_class"), meta.get("config")
 
 
 def _remove(folder: Path) -> None:
     """Rename ``folder`` out of the checkpoint list first (atomic), then delete it."""
-    trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}")
+    trash = RunFolder.trash(folder)
     if trash.exists():
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(folder, trash)
@@ -121,14 +113,13 @@ def _remove(folder: Path) -> None:
 
 def _clean_leftovers(output_dir: Path) -> None:
     """Temporary and half-deleted folders left by a killed run."""
-    for p in output_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
-        shutil.rmtree(p, ignore_errors=True)
-    for p in output_dir.glob(f"{TRASH_PREFIX}*"):
+    run = RunFolder(output_dir)
+    for p in run.leftovers():
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-    shutil.rmtree(output_dir / FINAL_STAGE, ignore_errors=True)
+    shutil.rmtree(run.final_stage, ignore_errors=True)
 
 
 def _write_error(tmp: Path, output_dir: Path, error: BaseException) -> CheckpointWriteError:
@@ -155,8 +146,8 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, meta: dict, l
     An older ``checkpoint-<step>`` (a resumed run passing it again) and rotated checkpoints are first
     renamed away, so a kill at any moment leaves only complete checkpoints under their names.
     """
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = output_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    run = RunFolder(output_dir)
+    final, tmp = run.checkpoint(step), run.checkpoint_in_progress(step)
     if accelerator.is_main_process:
         _clean_leftovers(output_dir)
     accelerator.wait_for_everyone()
@@ -164,7 +155,7 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, meta: dict, l
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            with open(tmp / CHECKPOINT_META, "w") as f:
+            with open(RunFolder.checkpoint_meta(tmp), "w") as f:
                 json.dump(meta, f)
     except Exception as e:  # noqa: BLE001 - torch and safetensors raise several kinds for a full disk
         raise _write_error(tmp, output_dir, e) from e
@@ -183,7 +174,7 @@ def final_stage(output_dir: Path) -> Path:
     """An empty ``OUTPUT/.tmp-final/<name>`` to write the final model into (same name, so a model card naming
     its folder names the real one); leftovers of a killed run are removed first."""
     _clean_leftovers(output_dir)
-    stage = output_dir / FINAL_STAGE / output_dir.resolve().name
+    stage = RunFolder(output_dir).final_stage / output_dir.resolve().name
     stage.mkdir(parents=True)
     return stage
 
@@ -203,7 +194,7 @@ def publish_final(stage: Path, output_dir: Path) -> None:
         elif src.is_dir() and dst.exists():
             dst.unlink()
         os.replace(src, dst)
-    shutil.rmtree(output_dir / FINAL_STAGE, ignore_errors=True)
+    shutil.rmtree(RunFolder(output_dir).final_stage, ignore_errors=True)
 
 
 EMA_STATE = "custom_checkpoint_0.pkl"

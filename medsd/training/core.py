@@ -16,18 +16,16 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from medsd.errors import MedsdConfigError, MedsdError
+from medsd.run_folder import CHECKPOINT_PREFIX, FINISHED_MARKERS, RUN_FINISHED, RunFolder
 
 from .batches import BatchIndexStream, batch_stream, first_batch_indices
 from .checkpoints import (
-    CHECKPOINT_PREFIX,
-    FINISHED_MARKERS,
-    RUN_FINISHED,
     check_output_dir,
     final_stage,
     find_checkpoint,
@@ -38,11 +36,15 @@ from .checkpoints import (
 )
 from .config import TrainConfig, save_config
 from .figures import image_grid, save_loss_curve
-from .run_guard import apply_config_to_state, checkpoint_to_resume, config_record, lock_output_dir
+from .run_guard import (
+    OutputDirLock,
+    apply_config_to_state,
+    checkpoint_to_resume,
+    config_record,
+    lock_output_dir,
+)
 from .signals import StopSignals, TrainingInterrupted
 from .task import PREDICTION_TYPES, BatchSource, TrainingTask, default_collate, diffusion_target
-
-TaskT = TypeVar("TaskT", bound=TrainingTask)
 
 logger = logging.getLogger("medsd.training")
 
@@ -125,11 +127,13 @@ def _tracker(config: TrainConfig) -> str | None:
 
 
 class Trainer:
-    """Train (or resume) ``task`` under ``config``: ``Trainer(task, config).run()``."""
+    """Train (or resume) ``task`` under ``config``: ``Trainer(task, config).run()``, or
+    ``Trainer.from_config(TaskClass, config).run()`` to have the task built after the checks."""
 
-    def __init__(self, task: TrainingTask, config: TrainConfig):
+    def __init__(self, task: TrainingTask, config: TrainConfig, lock: OutputDirLock | None = None):
         self.task, self.config = task, config
-        self.lock = lock_output_dir(config.output_dir)  # before anything looks at (or retires) the folder
+        # taken before anything looks at (or retires) the folder; from_config hands over the one it took
+        self.lock = lock if lock is not None else lock_output_dir(config.output_dir)
         self.config_changes: list[str] = []
         try:
             self.output_dir = check_output_dir(
@@ -162,7 +166,7 @@ class Trainer:
             mixed_precision=resolve_mixed_precision(config.mixed_precision),
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=self.log_with,
-            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(RunFolder(out).logs)),
         )
         accelerator.print(describe(accelerator))
         if accelerator.is_main_process:
@@ -377,7 +381,7 @@ class Trainer:
                 self.ema.restore(ema_params())
         if images:
             grid = image_grid(images)
-            path = self.output_dir / "samples" / f"step-{self.global_step:07d}.png"
+            path = RunFolder(self.output_dir).sample_grid(self.global_step)
             path.parent.mkdir(parents=True, exist_ok=True)
             grid.save(path)
             for tracker in self.accelerator.trackers:
@@ -395,7 +399,7 @@ class Trainer:
         if acc.is_main_process and self.log_with:
             acc.init_trackers(
                 "medsd",
-                config={k: _loggable(v) for k, v in dataclasses.asdict(config).items() if k != "hub_token"},
+                config={k: _loggable(v) for k, v in config_record(config).items()},
             )
         self.progress = tqdm(
             total=config.max_train_steps,
@@ -515,28 +519,31 @@ class Trainer:
         finally:
             self.lock.release()
 
+    @classmethod
+    def from_config(cls, task_cls: Callable[[Any], TrainingTask], config: TrainConfig) -> Trainer:
+        """The trainer of ``task_cls(config)``: the checks that need no data (flag ranges, the launch, the
+        Hub) run once, the output folder is locked once (a second run into it stops before loading
+        anything), then ``set_seed(config.seed)`` (so ``--seed`` fixes the initial weights) and the task. The
+        task's config (e.g. with epochs counted into steps) is the one trained."""
+        from accelerate.utils import set_seed
 
-def seeded_task(task_cls: Callable[[Any], TaskT], config: TrainConfig) -> TaskT:
-    """``task_cls(config)``, built only after the checks that need no data (flag ranges, the launch, the Hub)
-    and after ``set_seed(config.seed)``, so ``--seed`` fixes the initial weights."""
-    from accelerate.utils import set_seed
+        from .config import check_ranges
+        from .distributed import check_launch
 
-    from .config import check_ranges
-    from .distributed import check_launch
+        check_ranges(config)
+        check_launch()  # e.g. --multi_gpu without GPUs stops here; `--cpu --num_processes N` starts N processes
+        if config.push_to_hub:  # diffusers' examples create the repo first: fail before loading, not after
+            from .hub import check_hub_ready
 
-    check_ranges(config)
-    check_launch()  # e.g. --multi_gpu without GPUs stops here; `--cpu --num_processes N` starts N processes
-    if config.push_to_hub:  # diffusers' examples create the repo first: fail before loading, not after
-        from .hub import check_hub_ready
-
-        check_hub_ready(config.hub_model_id, config.hub_token)
-    lock = lock_output_dir(config.output_dir)  # a second run into the folder stops before loading anything
-    try:
-        set_seed(config.seed)
-        return task_cls(config)
-    except BaseException:
-        lock.release()
-        raise
+            check_hub_ready(config.hub_model_id, config.hub_token)
+        lock = lock_output_dir(config.output_dir)
+        try:
+            set_seed(config.seed)
+            task = task_cls(config)
+            return cls(task, getattr(task, "config", config), lock=lock)
+        except BaseException:
+            lock.release()
+            raise
 
 
 def train(task: TrainingTask, config: TrainConfig) -> TrainResult:
@@ -564,7 +571,6 @@ def _loggable(v: Any) -> Any:
 
 
 __all__ = [
-    "seeded_task",
     "CHECKPOINT_PREFIX",
     "FINISHED_MARKERS",
     "PREDICTION_TYPES",

@@ -7,59 +7,32 @@ import os
 from typing import Any
 
 from medsd.data.build import DataConfig, parse_source
-from medsd.errors import MedsdConfigError
-
-_ALIASES = {
-    "data_split": "split",
-    "affine_jitter": "affine",
-    "random_flip": "hflip",
-    "max_train_samples": "max_samples",
-}
-"""Earlier flag names (and diffusers' --random_flip) -> the ``DataConfig`` field they set."""
+from medsd.flags import flag
 
 
 @dataclasses.dataclass
 class DataArgs(DataConfig):
     """Where training images come from and how they are prepared: every ``medsd.data.DataConfig`` field is a
-    flag of the same name (a new ``DataConfig`` field is a new flag); ``train_data`` is the source string."""
+    flag of the same name (a new ``DataConfig`` field is a new flag, its aliases declared with it);
+    ``train_data`` is the source string."""
 
-    train_data: str = "phantom"
-    """'phantom' (generated chest radiographs), 'phantom-ct', a folder (labels from sub-folders), a
-    metadata CSV, or a Hugging Face datasets id / local dataset folder ('hf:NAME')."""
-    train_labels: str | None = None
-    """Keep only images with these labels (comma-separated), e.g. 'Pneumonia' for a class-specific model."""
+    train_data: str = flag(
+        "phantom",
+        help="'phantom' (generated chest radiographs), 'phantom-ct', a folder (labels from sub-folders), a "
+        "metadata CSV, or a Hugging Face datasets id / local dataset folder ('hf:NAME').",
+    )
+    train_labels: str | None = flag(
+        None,
+        help="Keep only images with these labels (comma-separated), e.g. 'Pneumonia' for a class-specific model.",
+    )
     phantom_count: int = 512
     # what train_data names: set from it, not flags
     source: str = dataclasses.field(default="phantom", init=False)
     path: str | None = dataclasses.field(default=None, init=False)
     data_dir: str | None = dataclasses.field(default=None, init=False)
     phantom_kind: str = dataclasses.field(default="chest", init=False)
-    # aliases: each sets the field it names, then reads None
-    data_split: str | None = None
-    """Alias of split."""
-    affine_jitter: bool | None = None
-    """Alias of affine."""
-    random_flip: bool | None = None
-    """Alias of hflip (diffusers' flag)."""
-    max_train_samples: int | None = None
-    """Alias of max_samples."""
-    window_low: float | None = None
-    """With window_high: alias of window."""
-    window_high: float | None = None
-    center_crop: bool | None = None
-    """diffusers' flag: true = crop center, false = crop random (alias of crop)."""
 
     def __post_init__(self) -> None:
-        for alias, name in _ALIASES.items():
-            if getattr(self, alias) is not None:
-                setattr(self, name, getattr(self, alias))
-                setattr(self, alias, None)
-        if (self.window_low is None) != (self.window_high is None):
-            raise MedsdConfigError("--window_low / --window_high: give both (or --window LOW,HIGH)")
-        if self.window_low is not None:
-            self.window, self.window_low, self.window_high = (self.window_low, self.window_high), None, None
-        if self.center_crop is not None:
-            self.crop, self.center_crop = ("center" if self.center_crop else "random"), None
         if os.path.exists(self.train_data):  # a resume from another folder must still find the data
             self.train_data = os.path.abspath(self.train_data)
         spec = parse_source(self.train_data, streaming=self.streaming)

@@ -9,49 +9,37 @@ from typing import Any
 import torch
 from torch import nn
 
+from medsd.flags import Alias, flag
+
 from .config import TrainConfig, steps_for_epochs, with_epochs  # noqa: F401 - steps_for_epochs: public here before
-from .core import seeded_task, train
+from .core import Trainer
 from .data_args import DataArgs, build_training_data
 from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
+
+
+def _hf_source(name: str) -> str:
+    return f"hf:{name}"
 
 
 @dataclasses.dataclass
 class DDPMTrainConfig(UNetDiffusionArgs, DataArgs, TrainConfig):
     """Train an unconditional 1-channel DDPM on CT / X-ray images (defaults: chest phantoms, CPU-sized)."""
 
-    time_embedding: str | None = None
-    """Override the light U-Net's time-embedding injection: every_block, once or encoder."""
-    skip_connections: bool | None = None
-    """Override the light U-Net's skip connections (false = encoder-decoder baseline)."""
+    time_embedding: str | None = flag(
+        None, help="Override the light U-Net's time-embedding injection: every_block, once or encoder."
+    )
+    skip_connections: bool | None = flag(
+        None, help="Override the light U-Net's skip connections (false = encoder-decoder baseline)."
+    )
     learning_rate: float = 2e-4
     output_dir: str = "outputs/ddpm"
-    # diffusers' train_unconditional.py names (aliases of the fields above)
-    train_data_dir: str | None = None
-    """Alias of train_data: a folder of images."""
-    dataset_name: str | None = None
-    """A Hugging Face datasets id or local dataset folder (train_data 'hf:NAME')."""
-    ddpm_num_steps: int | None = None
-    """Alias of num_train_timesteps."""
-    ddpm_beta_schedule: str | None = None
-    """Alias of beta_schedule."""
-    num_epochs: int | None = None
-    """Train this many passes over the data (the run's max_train_steps; the config itself keeps its own)."""
-    logger: str = ""
-    """Alias of report_to (tensorboard, wandb, none)."""
-
-    def __post_init__(self) -> None:
-        # each alias sets the field it names and then reads empty, so the saved YAML holds one value
-        if self.train_data_dir:
-            self.train_data, self.train_data_dir = self.train_data_dir, None
-        if self.dataset_name:
-            self.train_data, self.dataset_name = f"hf:{self.dataset_name}", None
-        if self.ddpm_num_steps is not None:
-            self.num_train_timesteps, self.ddpm_num_steps = self.ddpm_num_steps, None
-        if self.ddpm_beta_schedule:
-            self.beta_schedule, self.ddpm_beta_schedule = self.ddpm_beta_schedule, None
-        if self.logger:
-            self.report_to, self.logger = self.logger, ""
-        super().__post_init__()
+    # diffusers' train_unconditional.py names are aliases: --train_data_dir, --dataset_name (hf:NAME)
+    train_data: str = flag("phantom", aliases=("train_data_dir", Alias("dataset_name", convert=_hf_source)))
+    num_epochs: int | None = flag(
+        None,
+        resume="free",
+        help="Train this many passes over the data (the run's max_train_steps; the config itself keeps its own).",
+    )
 
 
 class DDPMTask(UNetDiffusionTask):
@@ -102,8 +90,7 @@ class DDPMTask(UNetDiffusionTask):
 
 def train_ddpm(config: DDPMTrainConfig):
     """Train and save a :class:`~medsd.pipelines.ddpm.MedDDPMPipeline` into ``config.output_dir``."""
-    task = seeded_task(DDPMTask, config)
-    return train(task, task.config)
+    return Trainer.from_config(DDPMTask, config).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,28 +17,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsd.flags import flag
+
 from .config import parse_config
 from .core import TrainingTask, TrainResult, diffusion_target
 from .model_card import write_model_card
+from .task import PREDICTION_TYPES
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+
+
+def _preset_names() -> tuple[str, ...]:
+    from medsd.models import PRESETS
+
+    return tuple(sorted(PRESETS))
 
 
 @dataclasses.dataclass
 class UNetDiffusionArgs:
     """Config fields of both U-Net diffusion families (each family adds its own and sets its defaults)."""
 
-    model: str = "light-tiny"
-    """U-Net preset: light-tiny, light-ct, xray-synth-256, diffusers-small, diffusers-unconditional
-    (cDDPM sets in_channels to 1 + the condition channels)."""
-    block_out_channels: list[int] | None = None
-    """Override the U-Net's channels per level, e.g. 32,64,128."""
-    num_train_timesteps: int = 1000
-    prediction_type: str = "epsilon"
-    """What the U-Net predicts: epsilon, v_prediction or sample (x0)."""
-    beta_schedule: str = "linear"
-    """Noise schedule of training (diffusers' DDPMScheduler): linear, scaled_linear or squaredcos_cap_v2."""
+    model: str = flag(
+        "light-tiny",
+        choices=_preset_names,
+        help="U-Net preset: light-tiny, light-ct, xray-synth-256, diffusers-small, diffusers-unconditional "
+        "(cDDPM sets in_channels to 1 + the condition channels).",
+    )
+    block_out_channels: list[int] | None = flag(
+        None, help="Override the U-Net's channels per level, e.g. 32,64,128."
+    )
+    num_train_timesteps: int = flag(1000, aliases=("ddpm_num_steps",))
+    prediction_type: str = flag(
+        "epsilon",
+        choices=PREDICTION_TYPES,
+        help="What the U-Net predicts: epsilon, v_prediction or sample (x0).",
+    )
+    beta_schedule: str = flag(
+        "linear",
+        choices=BETA_SCHEDULES,
+        aliases=("ddpm_beta_schedule",),
+        help="Noise schedule of training (diffusers' DDPMScheduler): linear, scaled_linear or squaredcos_cap_v2.",
+    )
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    validation_inference_steps: int = 25
+    validation_inference_steps: int = flag(25, resume="free")
 
 
 class UNetDiffusionTask(TrainingTask):
@@ -144,7 +166,7 @@ def recipe_main(
     config_cls: type, train_fn: Callable[[Any], TrainResult], prog: str, argv: list[str] | None = None
 ) -> int:
     """``medsd train FAMILY`` / ``recipes/train_FAMILY.py``: parse flags (and ``--config`` YAML), train, say where."""
-    config = parse_config(config_cls, argv, prog=prog)
+    config = parse_config(config_cls, argv, prog=prog, check=False)  # checked once, by Trainer.from_config
     result = train_fn(config)
     print(f"pipeline saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
     return 0

@@ -12,8 +12,8 @@ from typing import Any
 
 from medsd.errors import MedsdError
 from medsd.metrics.audit_gate import AuditVerdict, MemorisationGateError, check_audit_for_push
+from medsd.run_folder import HUB_IGNORE
 
-IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", "samples/**"]
 EVAL_REPORT_CANDIDATES = ("eval/report.json", "eval_report.json")
 
 
@@ -156,7 +156,7 @@ def push_folder(
         api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
-            ignore_patterns=IGNORE_PATTERNS,
+            ignore_patterns=HUB_IGNORE,
             commit_message="Upload medsd model",
             token=tok,
         )

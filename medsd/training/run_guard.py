@@ -1,5 +1,6 @@
 """Guards around one training run in one output folder: a lock against a second run, and a resume that
 refuses a changed config unless told (``--allow_config_change``), then really applies what it was told.
+Which fields a resume may change is each field's ``resume`` policy (:func:`medsd.flags.flag`).
 """
 
 from __future__ import annotations
@@ -14,34 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from medsd.errors import MedsdConfigError, MedsdError
+from medsd.flags import resume_may_change, secret_fields
+from medsd.run_folder import LOCK_NAME, RunFolder
 
 from .checkpoints import find_checkpoint, read_checkpoint_config, read_checkpoint_meta
-from .config import SECRET_FIELDS
 
 logger = logging.getLogger("medsd.training")
-
-LOCK_NAME = ".tmp-medsd.lock"
-"""In the output folder; a ``.tmp-`` name, so the output-folder check and ``medsd push`` pass it by."""
-
-HARMLESS_FIELDS = frozenset(
-    {
-        # where things go and what is reported: the weights do not depend on them
-        "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "allow_config_change",
-        "logging_steps", "checkpointing_steps", "checkpoints_total_limit", "report_to", "progress_bar",
-        "validation_steps", "num_validation_images", "validation_inference_steps", "validation_prompt",
-        "validation_guidance_scale", "validation_sampler", "push_to_hub", "hub_model_id", "hub_private",
-        "hub_token", "export_merged",
-        # speed only
-        "dataloader_num_workers", "torch_compile", "channels_last", "gradient_checkpointing",
-        "cache_images_on_device", "enable_xformers_memory_efficient_attention",
-        # checked on its own: more steps (or fewer, down to the checkpoint's) continue the same run
-        "max_train_steps", "max_train_minutes",
-        # aliases: their effect is compared through the field they set
-        "ddpm_num_steps", "ddpm_beta_schedule", "num_epochs", "logger", "center_crop", "num_train_epochs",
-        "validation_epochs",
-    }
-)  # fmt: skip
-"""Fields a resume may change without ``--allow_config_change``; every other field is semantic."""
 
 
 # -- the lock ------------------------------------------------------------------------------------------
@@ -75,7 +54,7 @@ class OutputDirLock:
 
     def __init__(self, output_dir: str | Path):
         self.output_dir = Path(output_dir)
-        self.path = self.output_dir / LOCK_NAME
+        self.path = RunFolder(output_dir).lock
         self.fd: int | None = None
         self._created_dir = False
 
@@ -181,7 +160,8 @@ def lock_output_dir(output_dir: str | Path) -> OutputDirLock:
 # -- the config a checkpoint was written with ----------------------------------------------------------
 def config_record(config: Any) -> dict[str, Any]:
     """The config as JSON values (no secrets), stored in each checkpoint's ``medsd_checkpoint.json``."""
-    data = {k: v for k, v in dataclasses.asdict(config).items() if k not in SECRET_FIELDS}
+    hidden = secret_fields(config)
+    data = {k: v for k, v in dataclasses.asdict(config).items() if k not in hidden}
     return json.loads(json.dumps(data, default=str))
 
 
@@ -209,7 +189,9 @@ def check_resume_config(saved: dict[str, Any] | None, config: Any, step: int, ch
         logger.warning("max_train_steps %s -> %s: the %s learning-rate schedule is stretched to the new "
                        "length", saved["max_train_steps"], config.max_train_steps, config.lr_scheduler)  # fmt: skip
     changed = [
-        (k, saved[k], new[k]) for k in new if k in saved and k not in HARMLESS_FIELDS and saved[k] != new[k]
+        (k, saved[k], new[k])
+        for k in new
+        if k in saved and not resume_may_change(config, k) and saved[k] != new[k]
     ]
     refused = [c for c in changed if c[0] not in allowed]
     if refused:
@@ -279,7 +261,6 @@ def apply_config_to_state(
 
 
 __all__ = [
-    "HARMLESS_FIELDS",
     "LOCK_NAME",
     "OutputDirInUseError",
     "OutputDirLock",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import parse_config, with_epochs
-from .core import TrainingTask, TrainResult, diffusion_target, seeded_task, train, weight_dtype_for
+from .core import Trainer, TrainingTask, TrainResult, diffusion_target, weight_dtype_for
 from .sd_lora_config import (
     CAPTION_COLUMN_CANDIDATES,
     DEFAULT_BASE_MODEL,
@@ -360,14 +360,17 @@ class SDLoRATask(TrainingTask):
 
 def train_sd_lora(config: SDLoRATrainConfig) -> TrainResult:
     """Train (or resume) a LoRA as ``config`` says; the library entry point."""
-    task = seeded_task(SDLoRATask, config)
-    return train(task, task.config)
+    return Trainer.from_config(SDLoRATask, config).run()
 
 
 def main(argv: list[str] | None = None) -> int:
     """``medsd train sd-lora`` / ``recipes/finetune_sd_xray.py``: parse flags (and --config YAML), train."""
-    config = parse_config(
-        SDLoRATrainConfig, argv, description=SDLoRATrainConfig.__doc__, prog="medsd train sd-lora"
+    config = parse_config(  # checked once, by Trainer.from_config
+        SDLoRATrainConfig,
+        argv,
+        description=SDLoRATrainConfig.__doc__,
+        prog="medsd train sd-lora",
+        check=False,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = train_sd_lora(config)
