@@ -31,6 +31,8 @@ _EXPORTS = {
     "random_crop": "transforms",
     "random_affine": "transforms",
     "hflip": "transforms",
+    "random_hflip": "transforms",
+    "augment_batch": "transforms",
     "ImageTransform": "transforms",
     "Finding": "phantoms",
     "chest_phantom": "phantoms",

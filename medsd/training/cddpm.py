@@ -17,7 +17,8 @@ from torch import nn
 from .config import TrainConfig
 from .core import seeded_task, train
 from .data_args import DataArgs, build_training_data
-from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
+from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask
+from .recipe import recipe_main
 
 
 @dataclasses.dataclass

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig, steps_for_epochs, with_epochs  # noqa: F401 - steps_for_epochs: public here before
+from .config import TrainConfig, with_epochs
 from .core import seeded_task, train
 from .data_args import DataArgs, build_training_data
-from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
+from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask
+from .recipe import recipe_main
 
 
 @dataclasses.dataclass
