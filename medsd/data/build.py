@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import CSVImageDataset, FolderImageDataset, _hash_part, patient_split  # noqa: F401
+from .datasets import CSVImageDataset, FolderImageDataset, patient_split
 from .errors import MedImageError
-from .hf_datasets import HFImageDataset, HFStreamingImageDataset  # noqa: F401
+from .hf_datasets import HFImageDataset, HFStreamingImageDataset
 from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, WindowMapping, default_mapping
-from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
-from .splits import HELDOUT, SPLIT_CHOICES, SPLITS  # noqa: F401
+from .splits import HELDOUT, SPLIT_CHOICES
 from .transforms import ImageTransform
 
 logger = logging.getLogger("medsd.data")

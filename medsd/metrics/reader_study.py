@@ -2,7 +2,7 @@
 
 Designs:
 
-- ``mixed`` (old name ``single``): real and synthetic images shuffled into ``cases/case_0001.png ...``; each reader
+- ``mixed``: real and synthetic images shuffled into ``cases/case_0001.png ...``; each reader
   fills ``answer_sheet.csv`` (``case_id,stratum,answer,findings``; answer ``real``, ``fake`` or ``unsure``,
   findings free text).
 - ``all_synthetic``: every case is synthetic (the design of "Spot the fake lungs": e.g. 20 X-ray and 20 CT cases),
@@ -72,10 +72,8 @@ def export_reader_study(
     ``real01`` / ``fake01``: ``[N, H, W]`` arrays in [0, 1], or ``{stratum: array}`` for per-modality strata
     (``real01`` may be None for ``all_synthetic``). ``n_each``: cases per class and stratum (all by default).
     """
-    if design == "single":
-        design = "mixed"
     if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS} (or 'single'), got {design!r}")
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     fakes = _as_strata(fake01, fake_sources, "fake")
     reals = _as_strata(real01, real_sources, "real")
     if not fakes:
@@ -174,10 +172,6 @@ def read_answer_sheet(path: str | Path) -> dict[str, tuple[str, str]]:
             r["case_id"]: ((r.get("answer") or "").strip().lower(), (r.get("findings") or "").strip())
             for r in csv.DictReader(f)
         }
-
-
-def _read_answers(path: str | Path) -> dict[str, str]:
-    return {k: v[0] for k, v in read_answer_sheet(path).items()}
 
 
 def cohen_kappa(a: list[str], b: list[str]) -> float:
