@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from medsd.errors import MedsdConfigError
+from medsd.metrics.figures import labelled_rows_figure
 
 from .common import check_out_dir, value_ranges
-from .experiments import sample_rows_figure, short_ddpm_run_fields
+from .experiments import short_ddpm_run_fields
 
 ABLATION_RANGES = value_ranges(
     at_least={
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from diffusers import DDPMScheduler
 
-    from medsd.data import build_dataset, parse_source
+    from medsd.data import held_out
     from medsd.errors import check_values
     from medsd.metrics import degenerate_mask, distribution_metrics, extract_features, get_extractor
     from medsd.pipelines.ddpm import MedDDPMPipeline
@@ -170,28 +171,8 @@ def run(args: argparse.Namespace) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     base = short_ddpm_run_fields(args, ema_decay=0.999, max_warmup_steps=200)
-    # Held-out real images: the test split of the same source (patient-level when ids exist).
-    source = parse_source(args.train_data)
-    held_cfg = DDPMTrainConfig(**base)
-    held_cfg.phantom_count = max(args.num_samples * 2, 256)
-    test_ds, _ = build_dataset(
-        data_config(
-            held_cfg,
-            seed=args.seed,
-            split="all" if source.kind == "phantom" else "test",
-        )
-    )
-    if source.kind == "phantom":  # fresh phantoms the model never saw
-        from medsd.data import PhantomDataset
-
-        test_ds = PhantomDataset(
-            args.num_samples,
-            size=args.resolution,
-            kind=source.phantom_kind,
-            seed=args.seed + 99_991,
-        )
-    n_real = min(len(test_ds), max(args.num_samples, 16))
-    real = np.stack([(test_ds[i]["pixel_values"][0].numpy() + 1) / 2 for i in range(n_real)])
+    held_cfg = data_config(DDPMTrainConfig(**base), seed=args.seed)
+    real = held_out(held_cfg, max(args.num_samples, 16), seed=args.seed)
     extractor = get_extractor("radiomics", size=args.resolution)
     real_feats = extract_features(real, extractor, progress=False)
 
@@ -265,13 +246,13 @@ def run(args: argparse.Namespace) -> int:
 
     report = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("func", "value_ranges")},
-        "held_out_real_images": n_real,
+        "held_out_real_images": len(real),
         "rows": rows,
         "summary": summarise(rows),
     }
     (out / "ablation.json").write_text(json.dumps(report, indent=1))
     (out / "ablation.md").write_text(render_table(report))
-    figure = sample_rows_figure(sample_rows, out / "ablation_samples.png")
+    figure = labelled_rows_figure(sample_rows, out / "ablation_samples.png")
     print(render_table(report))
     print(f"table: {out / 'ablation.md'}  figure: {figure}")
     return 0

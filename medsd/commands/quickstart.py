@@ -46,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from medsd.data import PhantomDataset
+    from medsd.data import held_out
     from medsd.metrics import EvalConfig, evaluate
+    from medsd.metrics.figures import save_image_grid
     from medsd.pipelines.ddpm import MedDDPMPipeline
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
-    from medsd.training.figures import save_image_grid
 
     if args.num_images < args.train_batch_size:
         from medsd.errors import MedsdConfigError
@@ -108,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from PIL import Image
 
-    held_out = PhantomDataset(args.num_samples, size=args.resolution, kind="chest", seed=args.seed + 10_000)
-    for i in range(len(held_out)):
-        x = held_out.read_native(i)
+    for i, x in enumerate(held_out("phantom", args.num_samples, args.seed, resolution=args.resolution)):
         Image.fromarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)).save(
             real_dir / f"phantom_{i:04d}.png"
         )

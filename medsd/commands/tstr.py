@@ -16,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from medsd.metrics.figures import labelled_rows_figure
+
 from .common import value_ranges
-from .experiments import sample_rows_figure, short_ddpm_run_fields
+from .experiments import short_ddpm_run_fields
 
 TSTR_RANGES = value_ranges(
     at_least={
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "tstr.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "tstr.md").write_text(render_table(report))
-    sample_rows_figure({f"synthetic {k}": v for k, v in grids.items()}, out / "tstr_synthetic_samples.png")
+    labelled_rows_figure({f"synthetic {k}": v for k, v in grids.items()}, out / "tstr_synthetic_samples.png")
     print(render_table(report))
     print(f"table: {out / 'tstr.md'}  samples: {out / 'tstr_synthetic_samples.png'}")
     return 0

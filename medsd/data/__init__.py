@@ -54,6 +54,7 @@ _EXPORTS = {
     "is_jsonl_imagefolder": "build",
     "PHANTOM_SOURCES": "build",
     "build_dataset": "build",
+    "held_out": "build",
     "collate_items": "cache",
     "UInt8ImageCache": "cache",
 }

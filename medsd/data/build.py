@@ -338,3 +338,26 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
     if cfg.source != "phantom":
         ds.mapping = mapping
     return ds, mapping
+
+
+HELD_OUT_PHANTOM_SEED = 99_991
+"""Added to the seed of fresh held-out phantoms: training phantoms use the run's seed itself."""
+
+
+def held_out(source: str | DataConfig, n: int, seed: int = 0, *, resolution: int | None = None) -> np.ndarray:
+    """Up to ``n`` real images a model trained on ``source`` never saw, as [N, H, W] float32 in [0, 1]:
+    fresh phantoms for a phantom source, else the test part of the patient-level split (seeded with
+    ``seed``, as training splits it). ``source``: a source string or the training run's ``DataConfig``."""
+    cfg = source if isinstance(source, DataConfig) else source_config(source)
+    cfg = dataclasses.replace(cfg, seed=seed, resolution=resolution or cfg.resolution)
+    if cfg.source == "phantom":
+        from .phantoms import PhantomDataset
+
+        ds: Any = PhantomDataset(
+            n, size=cfg.resolution, kind=cfg.phantom_kind, seed=seed + HELD_OUT_PHANTOM_SEED
+        )
+    else:
+        plain = dict(split="test", max_samples=None, affine=False, hflip=False, crop="center")
+        ds, _ = build_dataset(dataclasses.replace(cfg, **plain))
+    images = [(ds[i]["pixel_values"][0].numpy() + 1.0) / 2.0 for i in range(min(n, len(ds)))]
+    return np.stack(images).astype(np.float32)

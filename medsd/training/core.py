@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from medsd.errors import MedsdConfigError, MedsdError
+from medsd.metrics.figures import image_grid, save_loss_curve
 
 from .batches import BatchIndexStream, batch_stream, first_batch_indices
 from .checkpoints import (
@@ -37,7 +38,6 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import TrainConfig, save_config
-from .figures import image_grid, save_loss_curve
 from .run_guard import apply_config_to_state, checkpoint_to_resume, config_record, lock_output_dir
 from .signals import StopSignals, TrainingInterrupted
 from .task import PREDICTION_TYPES, BatchSource, TrainingTask, default_collate, diffusion_target
