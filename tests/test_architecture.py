@@ -1,5 +1,5 @@
 """Structure the design promises (docs/architecture.md): one-way imports with no cycle (function-level
-imports included), only ``medsd/data`` opens image files, small modules and training functions, and
+imports included), only ``medsd/data`` opens image files, small modules and functions, and
 pipelines that are plain diffusers pipelines (config-held state, stock loaders)."""
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_only_the_data_layer_opens_image_files():
     assert not offenders, offenders
 
 
-def test_modules_and_training_functions_are_small():
+def test_modules_and_functions_are_small():
     big = [
         f"{p.relative_to(ROOT)}: {n}"
         for p in PKG.rglob("*.py")
@@ -108,13 +108,22 @@ def test_modules_and_training_functions_are_small():
     ]
     assert not big, f"modules over 600 lines: {big}"
     long = []
-    for p in (PKG / "training").rglob("*.py"):
+    for p in PKG.rglob("*.py"):
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 length = node.end_lineno - node.lineno + 1
-                if length > 80:
-                    long.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
-    assert not long, f"training functions over 80 lines: {long}"
+                name = f"{p.relative_to(ROOT).as_posix()}:{node.name}"
+                if length > 80 and name not in SHORTENED_ON_OTHER_BRANCHES:
+                    long.append(f"{name} (line {node.lineno}, {length} lines)")
+    assert not long, f"functions over 80 lines: {long}"
+
+
+SHORTENED_ON_OTHER_BRANCHES = {
+    "medsd/commands/eval.py:add_arguments",
+    "medsd/commands/generate.py:add_generate_arguments",
+    "medsd/pipelines/cddpm.py:__call__",
+}
+"""Long functions that parallel branches of the same change shorten; empty this set when they are merged."""
 
 
 def test_every_training_family_builds_its_data_through_build_training_data(monkeypatch):
