@@ -274,8 +274,8 @@ def prepare_images(work: Path, num_images: int, resolution: int, data: str | Non
             for p in files:
                 (folder / p.name).symlink_to(p.resolve())
             return folder, str(source)
-    from medsd.data.io import write_png8
     from medsd.data.phantoms import chest_phantom
+    from medsd.data.writers import write_png8
 
     for i in range(num_images):
         write_png8(folder / f"phantom_{i:05d}.png", chest_phantom(max(2 * resolution, 64), seed=i))

@@ -58,6 +58,16 @@ def _as_strata(x, sources, what: str) -> dict:
     return out
 
 
+CASE_INSTRUCTIONS = (
+    "For each case write real, fake or unsure in the answer column, and anything you see (findings, "
+    "artefacts, why you decided) in the findings column."
+)
+PAIR_INSTRUCTIONS = (
+    "For each pair write A or B (the image you think is real) or unsure in the answer column, and "
+    "anything you see in the findings column."
+)
+
+
 def _pick(rng: np.random.Generator, arr: Any, n: int) -> np.ndarray:
     return np.sort(rng.choice(len(arr), n, replace=False))
 
@@ -65,8 +75,8 @@ def _pick(rng: np.random.Generator, arr: Any, n: int) -> np.ndarray:
 def _export_cases(
     fakes: dict, reals: dict, design: str, n_each: int | None, rng: np.random.Generator, out: Path
 ):
-    """Single images shuffled into ``cases/`` (mixed or all synthetic): (key rows, sheet rows, counts, instructions)."""
-    cases, key_rows, sheet_rows, counts = [], [], [], {}
+    """Single images shuffled into ``cases/`` (mixed or all synthetic): (key rows, counts, instructions)."""
+    cases, key_rows, counts = [], [], {}
     for st in sorted(fakes):
         fa, fs = fakes[st]
         if design == "mixed":
@@ -84,19 +94,14 @@ def _export_cases(
         cid = f"case_{k:04d}"
         _save_png(img, out / "cases" / f"{cid}.png")
         key_rows.append({"case_id": cid, "stratum": st, "truth": truth, "source": src})
-        sheet_rows.append({"case_id": cid, "stratum": st, "answer": "", "findings": ""})
-    instructions = (
-        "For each case write real, fake or unsure in the answer column, and anything you see (findings, "
-        "artefacts, why you decided) in the findings column."
-    )
-    return key_rows, sheet_rows, counts, instructions
+    return key_rows, counts, CASE_INSTRUCTIONS
 
 
 def _export_pairs(
     fakes: dict, reals: dict, design: str, n_each: int | None, rng: np.random.Generator, out: Path
 ):
     """Real/fake pairs in ``pairs/`` (2afc), the real side drawn at random: like :func:`_export_cases`."""
-    pairs, key_rows, sheet_rows, counts = [], [], [], {}
+    pairs, key_rows, counts = [], [], {}
     (out / "pairs").mkdir(exist_ok=True)
     for st in sorted(fakes):
         (fa, fs), (ra, rs) = fakes[st], reals[st]
@@ -116,12 +121,7 @@ def _export_pairs(
         key_rows.append(
             {"case_id": cid, "stratum": st, "truth": real_side, "source": f"real={rs[r]};fake={fs[f]}"}
         )
-        sheet_rows.append({"case_id": cid, "stratum": st, "answer": "", "findings": ""})
-    instructions = (
-        "For each pair write A or B (the image you think is real) or unsure in the answer column, and "
-        "anything you see in the findings column."
-    )
-    return key_rows, sheet_rows, counts, instructions
+    return key_rows, counts, PAIR_INSTRUCTIONS
 
 
 def export_reader_study(
@@ -153,7 +153,10 @@ def export_reader_study(
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     export = _export_cases if design in ("mixed", "all_synthetic") else _export_pairs
-    key_rows, sheet_rows, counts, instructions = export(fakes, reals, design, n_each, rng, out)
+    key_rows, counts, instructions = export(fakes, reals, design, n_each, rng, out)
+    sheet_rows = [
+        {"case_id": r["case_id"], "stratum": r["stratum"], "answer": "", "findings": ""} for r in key_rows
+    ]
     _write_csv(out / "answer_sheet.csv", sheet_rows, ["case_id", "stratum", "answer", "findings"])
     _write_csv(out / "key.csv", key_rows, ["case_id", "stratum", "truth", "source"])
     info = {
