@@ -62,6 +62,8 @@ _EXPORTS: dict[str, str] = {
     # metrics
     "EvalConfig": "medsd.metrics.evaluate",
     "evaluate": "medsd.metrics.evaluate",
+    "EvalInputs": "medsd.metrics.evaluate",
+    "SectionResult": "medsd.metrics.evaluate",
     "ImageSet": "medsd.metrics.io",
     "FeatureStats": "medsd.metrics.feature_stats",
     "frechet_distance_of_stats": "medsd.metrics.feature_stats",
