@@ -57,8 +57,8 @@ WORKLOADS = (
 OPTIONAL_WORKLOADS: tuple[str, ...] = ()
 NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih_cxr14"
 
-# Sizes per platform. "cpu" is this 2-core machine (the issue's setting: 64 px, batch 16, the
-# 32-64-128 UNet2DModel with attention at the lowest level); "cuda" is the issue's H100 setting.
+# Sizes per platform. "cpu" is this 2-core machine (the reference setting: 64 px, batch 16, the
+# 32-64-128 UNet2DModel with attention at the lowest level); "cuda" is the H100 reference setting.
 SIZES: dict[str, dict[str, Any]] = {
     "cpu": dict(
         resolution=64,
@@ -250,9 +250,14 @@ def summarise_sampling(
 
 
 def _reset_accelerate() -> None:
-    from medsd.training.compat import reset_accelerate_state
+    """Forget accelerate's process-wide state, so a second in-process run may use another precision.
 
-    reset_accelerate_state()
+    accelerate has no public call for this; its own tests use the private ``_reset_state`` methods.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -269,8 +274,8 @@ def prepare_images(work: Path, num_images: int, resolution: int, data: str | Non
             for p in files:
                 (folder / p.name).symlink_to(p.resolve())
             return folder, str(source)
-    from medsd.data.io import write_png8
     from medsd.data.phantoms import chest_phantom
+    from medsd.data.writers import write_png8
 
     for i in range(num_images):
         write_png8(folder / f"phantom_{i:05d}.png", chest_phantom(max(2 * resolution, 64), seed=i))

@@ -50,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     size = pipe.unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
     if args.real == "phantom":
-        from medsd.data import PhantomDataset
+        from medsd.data import held_out
 
-        ds = PhantomDataset(args.num_images, size=size, seed=args.seed + 12345)
-        real = np.stack([ds.read_native(i) for i in range(len(ds))]).astype(np.float32)
+        real = held_out("phantom", args.num_images, args.seed, resolution=size)
     else:
         real = load_image_set(args.real, size=size, max_images=args.num_images, seed=args.seed).images
     extractor = get_extractor("radiomics", size=size)

@@ -176,12 +176,6 @@ def _tampered_shim(t: Path) -> list[str]:
     return ["generate", ".", "--out", str(t / "out"), *GEN]
 
 
-def _legacy_mapping(t: Path, text: str) -> list[str]:
-    m = ddpm(t / "m")
-    (m / "intensity_mapping.json").write_text(text)
-    return gen(m)
-
-
 def checkpoint(t: Path) -> Path:
     """A training checkpoint folder (as medsd.training.checkpoints writes it) inside a run folder."""
     ckpt = t / "run" / "checkpoint-10"
@@ -338,18 +332,6 @@ MODEL_CASES = [
         ),
         names=("'intensity_mapping'", "expected high > low"),
     ),
-    Case(
-        "legacy_intensity_mapping_json_corrupt",
-        lambda t: _legacy_mapping(t, '{"type": "window", "low": '),
-        names=("intensity_mapping.json", "invalid JSON"),
-        absent=("out",),
-    ),
-    Case(
-        "legacy_intensity_mapping_json_read",
-        lambda t: _legacy_mapping(t, '{"type": "window", "low": -1000, "high": 400}') + ["--format", "npy"],
-        "ok",
-        check=lambda t: _native_range(t / "out", -1000, 400),
-    ),
     Case("empty_folder", lambda t: gen(_mkdir(t / "m")), names=("is an empty folder", "model_index.json")),
     Case(
         "checkpoint_folder_given_as_model",
@@ -418,11 +400,6 @@ def _mkdir(path: Path) -> Path:
 
 def _parent(path: Path) -> Path:
     return path.parent
-
-
-def _native_range(out: Path, low: float, high: float) -> None:
-    (arr,) = [np.load(p) for p in out.glob("*.npy")]
-    assert arr.min() >= low - 1e-3 and arr.max() <= high + 1e-3 and arr.max() - arr.min() > 1.0
 
 
 # -- command-line input ----------------------------------------------------------------------------------------

@@ -17,10 +17,14 @@ import pytest  # noqa: E402
 
 
 def reset_accelerate() -> None:
-    """Forget accelerate's process-wide state so the next in-process run may use another precision."""
-    from medsd.training.compat import reset_accelerate_state
+    """Forget accelerate's process-wide state, so a second in-process run may use another precision.
 
-    reset_accelerate_state()
+    accelerate has no public call for this; its own tests use the private ``_reset_state`` methods.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def quick_config(base: str | Path, output_dir: str | Path, **overrides):

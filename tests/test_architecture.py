@@ -1,5 +1,5 @@
 """Structure the design promises (docs/architecture.md): one-way imports with no cycle (function-level
-imports included), only ``medsd/data`` opens image files, small modules and training functions, and
+imports included), only ``medsd/data`` opens image files, small modules and functions, and
 pipelines that are plain diffusers pipelines (config-held state, stock loaders)."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_only_the_data_layer_opens_image_files():
     assert not offenders, offenders
 
 
-def test_modules_and_training_functions_are_small():
+def test_modules_and_functions_are_small():
     big = [
         f"{p.relative_to(ROOT)}: {n}"
         for p in PKG.rglob("*.py")
@@ -118,13 +118,61 @@ def test_modules_and_training_functions_are_small():
     ]
     assert not big, f"modules over 600 lines: {big}"
     long = []
-    for p in (PKG / "training").rglob("*.py"):
+    for p in PKG.rglob("*.py"):
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 length = node.end_lineno - node.lineno + 1
-                if length > 80:
-                    long.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
-    assert not long, f"training functions over 80 lines: {long}"
+                name = f"{p.relative_to(ROOT).as_posix()}:{node.name}"
+                if length > 80 and name not in SHORTENED_ON_OTHER_BRANCHES:
+                    long.append(f"{name} (line {node.lineno}, {length} lines)")
+    assert not long, f"functions over 80 lines: {long}"
+
+
+SHORTENED_ON_OTHER_BRANCHES = {
+    "medsd/commands/generate.py:add_generate_arguments",
+    "medsd/pipelines/cddpm.py:__call__",
+}
+"""Long functions that parallel branches of the same change shorten; empty this set when they are merged."""
+
+
+def test_every_training_family_builds_its_data_through_build_training_data(monkeypatch):
+    """One data road: SD LoRA, like DDPM and cDDPM, reads its source through ``build_training_data`` (so
+    ``--train_labels`` and every data flag apply); no family calls ``build_dataset`` or reads CSV itself."""
+    import medsd.training.data_args as data_args
+    from medsd.training.sd_lora import SDLoRATrainConfig
+    from medsd.training.sd_lora_data import build_source_dataset
+
+    for p in (PKG / "training").rglob("*.py"):
+        if p.name != "data_args.py":
+            text = p.read_text()
+            assert "build_dataset(" not in text and "csv.reader" not in text, p
+    seen = []
+    real = data_args.build_training_data
+    monkeypatch.setattr(data_args, "build_training_data", lambda *a, **k: seen.append(a) or real(*a, **k))
+    import medsd.training.sd_lora_data as sd_data
+
+    monkeypatch.setattr(sd_data, "build_training_data", data_args.build_training_data)
+    dataset, _ = build_source_dataset(
+        SDLoRATrainConfig(phantom_count=6, resolution=16, train_labels="opacity")
+    )
+    assert len(seen) == 1 and set(dataset.labels) == {"opacity"}
+
+
+def test_no_test_skips_because_a_medsd_module_fails_to_import():
+    """``importorskip`` is for optional third-party packages: a broken medsd module must fail, not skip."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for p in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", None) == "importorskip"
+                and node.args
+            ):
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and str(arg.value).split(".")[0] == "medsd":
+                    found.append(f"{p.name}:{node.lineno}")
+    assert not found, f"importorskip of medsd modules: {found}"
 
 
 def test_diffusers_is_not_patched_by_importing_medsd():
@@ -218,7 +266,7 @@ def test_text_to_xray_pipeline_is_a_stable_diffusion_pipeline(tmp_path):
 
 
 def test_diffusers_small_folder_opens_in_stock_ddpm_pipeline_without_medsd(tmp_path):
-    """Issue #13: a UNet2DModel folder is a standard diffusers folder; medsd's extras ride along."""
+    """A UNet2DModel folder is a standard diffusers folder; medsd's extras ride along."""
     from diffusers import DDPMScheduler
 
     from medsd.data import WindowMapping

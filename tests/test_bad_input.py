@@ -1,4 +1,4 @@
-"""Bad and hostile input (issue #12), one module: every case builds its input on the fly in ``tmp_path`` and
+"""Bad and hostile input, one module: every case builds its input on the fly in ``tmp_path`` and
 asserts exactly one outcome, a one-line error that names the input and what was expected, a listed skip,
 or a correct load.
 

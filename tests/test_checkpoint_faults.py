@@ -1,4 +1,4 @@
-"""Faults around checkpoints (issue #12): signals, incomplete and half-deleted checkpoints, a full disk,
+"""Faults around checkpoints: signals, incomplete and half-deleted checkpoints, a full disk,
 resuming with a changed config, the output folder's lock."""
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_overwrite_retires_the_old_checkpoints(tmp_path):
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]
 
 
-# -- resuming with a changed config (issue #12) ----------------------------------------------------------
+# -- resuming with a changed config ----------------------------------------------------------
 def _trained(tmp_path: Path, **kw) -> Path:
     """An 8-step run that stopped at its step-4 checkpoint."""
     train(RegressionTask(), _config(tmp_path, max_train_steps=8, checkpointing_steps=4, **kw))

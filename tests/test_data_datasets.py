@@ -18,8 +18,8 @@ from medsd.data import (
 )
 from medsd.data.errors import MedImageError
 from medsd.data.intensity import MinMaxMapping, PercentileMapping, WindowMapping
-from medsd.data.io import write_png8, write_png16
 from medsd.data.phantoms import PhantomDataset, chest_phantom
+from medsd.data.writers import write_png8, write_png16
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NIH = SHARED / "nih_cxr14"

@@ -8,14 +8,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
 from medsd.data.errors import MedImageError
-from medsd.data.io import (
-    dicom_window,
-    read_image,
-    read_nifti_slices,
-    write_dicom_secondary_capture,
-    write_png8,
-    write_png16,
-)
+from medsd.data.io import dicom_window, read_image, read_nifti_slices
+from medsd.data.writers import write_dicom_secondary_capture, write_png8, write_png16
 
 
 def write_ct_dicom(path, stored, *, photometric="MONOCHROME2", intercept=-1024.0, pixels=True, syntax=None):

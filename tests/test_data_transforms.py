@@ -66,3 +66,17 @@ def test_hflip_and_image_transform():
     assert results == {True, False}
     with pytest.raises(MedImageError, match="crop"):
         ImageTransform(16, crop="corner")
+
+
+def test_random_hflip_mirrors_about_half_and_takes_given_mirror_images():
+    from medsd.data.transforms import augment_batch, random_hflip
+
+    x = torch.arange(64 * 3, dtype=torch.float32).reshape(64, 1, 1, 3)
+    out = random_hflip(x, torch.Generator().manual_seed(0))
+    mirrored = (out == x.flip(-1)).all(dim=(1, 2, 3))
+    assert ((out == x).all(dim=(1, 2, 3)) | mirrored).all() and 10 < int(mirrored.sum()) < 54
+    other = -x
+    picked = random_hflip(x, torch.Generator().manual_seed(0), mirrored=other)
+    assert torch.equal((picked == other).all(dim=(1, 2, 3)), mirrored)
+    assert random_hflip(x[0], torch.Generator().manual_seed(1)).shape == (1, 1, 3)
+    assert torch.equal(augment_batch(x, affine=False, flip=False), x)

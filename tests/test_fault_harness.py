@@ -1,4 +1,4 @@
-"""Fault harness (issue #12): real `medsd train ddpm` processes killed at random points, then resumed with
+"""Fault harness: real `medsd train ddpm` processes killed at random points, then resumed with
 ``--resume_from_checkpoint latest`` until they finish, must end with bit-exact weights (model, EMA, optimizer)
 equal to an uninterrupted run, and leave the output folder sound after every kill.
 

@@ -9,7 +9,8 @@ from PIL import Image
 
 from medsd.training.config import parse_config
 from medsd.training.ddpm import DDPMTrainConfig
-from medsd.training.sd_lora import SDLoRATrainConfig, resolve_data_args
+from medsd.training.sd_lora import SDLoRATrainConfig
+from medsd.training.sd_lora_config import resolve_data_args
 
 
 def test_ddpm_takes_train_unconditional_flags(tmp_path):

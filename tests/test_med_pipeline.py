@@ -145,7 +145,7 @@ def test_medsd_ddpm_folder_dispatches(tmp_path):
         tmp_path / "ddpm"
     )
     index = json.loads((tmp_path / "ddpm" / "model_index.json").read_text())
-    assert index["_class_name"] == "DDPMPipeline"  # a stock diffusers folder (issue #13)
+    assert index["_class_name"] == "DDPMPipeline"  # a stock diffusers folder
     pipe = MedPipeline.from_pretrained(tmp_path / "ddpm", device="cpu")
     assert isinstance(pipe, MedDDPMPipeline)
 

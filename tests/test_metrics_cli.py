@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+import medsd.data.phantoms as phantoms
 from medsd.commands import eval as eval_cmd
 from medsd.metrics import load_image_set
 
-phantoms = pytest.importorskip("medsd.data.phantoms")
 S = 64
 
 

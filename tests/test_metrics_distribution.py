@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+import medsd.data.phantoms as phantoms
 from medsd.metrics import (
     MissingWeightsError,
     distribution_metrics,
@@ -13,8 +14,6 @@ from medsd.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-
-phantoms = pytest.importorskip("medsd.data.phantoms")
 
 N, S = 60, 64
 

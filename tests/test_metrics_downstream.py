@@ -1,12 +1,10 @@
 """Downstream utility: a classifier trained on separable synthetic classes beats chance on held-out images."""
 
 import numpy as np
-import pytest
 
+import medsd.data.phantoms as phantoms
 from medsd.metrics import downstream_utility
 from medsd.metrics.downstream import evaluate_with_ci
-
-phantoms = pytest.importorskip("medsd.data.phantoms")
 
 
 def _make(n, offset, size=32):

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from scipy import linalg
 
+import medsd.data.phantoms as phantoms
 from medsd.metrics import distribution_metrics, get_extractor
 from medsd.metrics.distribution import real_reference, robust_scale, standardise
 from medsd.metrics.diversity import degenerate_mask, neighbour_corr_threshold, to_uint8
 from medsd.metrics.io import load_subsampled
 from medsd.metrics.subsample import stratified_subsample
-
-phantoms = pytest.importorskip("medsd.data.phantoms")
 
 
 def _fid_reference(a, b):

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
+import medsd.data.phantoms as phantoms
 from medsd.metrics import PerceptualHash, RegisteredNCC, memorisation_audit, nearest_by_ncc, transform_copies
 from medsd.metrics.memorisation import strip_arrays
 from medsd.metrics.planting import PLANT_KINDS, plant_copies
 
-phantoms = pytest.importorskip("medsd.data.phantoms")
 S = 64
 PER_KIND = 3
 OPTS = dict(quantile=0.017, planted_per_kind=4, size=S, seed=0)

@@ -206,5 +206,5 @@ def test_mixed_design_needs_real_for_every_stratum(tmp_path):
             {"xray": rng.random((3, 8, 8)), "ct": rng.random((3, 8, 8))},
             tmp_path,
         )
-    info = export_reader_study(rng.random((3, 8, 8)), rng.random((3, 8, 8)), tmp_path / "m", design="single")
+    info = export_reader_study(rng.random((3, 8, 8)), rng.random((3, 8, 8)), tmp_path / "m", design="mixed")
     assert info["design"] == "mixed" and info["n_cases"] == 6

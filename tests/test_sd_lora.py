@@ -16,7 +16,9 @@ from safetensors.torch import load_file
 from sd_fixtures import TINY_RESOLUTION, quick_config, reset_accelerate, run_training
 
 from medsd.training.config import parse_config
-from medsd.training.sd_lora import SDLoRATrainConfig, SDTensorDataset, resolve_data_args, to_vae_input
+from medsd.training.sd_lora import SDLoRATrainConfig, to_vae_input
+from medsd.training.sd_lora_config import resolve_data_args
+from medsd.training.sd_lora_data import SDTensorDataset
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "finetune_sd_xray.py"
@@ -525,3 +527,27 @@ def test_incompatible_peft_stops_at_startup_in_one_line(tiny_sd_base, tmp_path, 
     assert code == 2 and not loaded and len(err.splitlines()) == 1, err
     assert f"transformers {metadata.version('transformers')}" in err and "peft>=99.0" in err
     assert f"peft {metadata.version('peft')} is installed" in err and "constraints.txt" in err
+
+
+def test_train_labels_selects_the_sd_lora_training_images(tiny_sd_base, tmp_path):
+    """--train_labels reaches SD LoRA through the shared data road: only images of that label train."""
+    from medsd.training.sd_lora import main
+
+    out = tmp_path / "opacity"
+    argv = ["--pretrained_model_name_or_path", str(tiny_sd_base), "--train_data_dir", "phantom",
+            "--phantom_count", "8", "--resolution", str(TINY_RESOLUTION), "--train_batch_size", "2",
+            "--max_train_steps", "1", "--checkpointing_steps", "0", "--validation_steps", "0",
+            "--report_to", "none", "--mixed_precision", "no", "--output_dir", str(out)]  # fmt: skip
+    task, _ = run_training(quick_config(tiny_sd_base, out, train_labels="opacity", max_train_steps=1))
+    everything, _ = run_training(quick_config(tiny_sd_base, tmp_path / "all", max_train_steps=1))
+    assert set(task.source.labels) == {"opacity"} and 0 < len(task.source) < len(everything.source)
+    assert all("opacity" in task.source[i]["prompt"] for i in range(len(task.source)))
+
+    reset_accelerate()
+    try:
+        assert main([*argv, "--train_labels", "opacity", "--output_dir", str(tmp_path / "cli")]) == 0
+    finally:
+        reset_accelerate()
+    assert (tmp_path / "cli" / "pytorch_lora_weights.safetensors").is_file()
+    with pytest.raises(ValueError, match="train_labels: no image has a label in"):
+        run_training(quick_config(tiny_sd_base, tmp_path / "none", train_labels="nonexistent"))

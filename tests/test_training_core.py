@@ -212,7 +212,7 @@ def test_scale_lr_leaves_the_config_and_the_saved_yaml_unchanged(tmp_path):
 
 
 def test_seed_fixes_the_initial_weights(tmp_path):
-    """Two identical commands give identical weights: the U-Net is built after set_seed (issue #12)."""
+    """Two identical commands give identical weights: the U-Net is built after set_seed."""
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
 
     def run(name: str, seed: int) -> dict[str, torch.Tensor]:
@@ -248,7 +248,7 @@ def test_seed_fixes_the_initial_weights(tmp_path):
     ],
 )
 def test_out_of_range_flags_stop_before_anything_is_loaded(tmp_path, capsys, field, value):
-    """One line naming the flag (issue #12: e.g. --max_train_steps 0 saved the random weights as finished)."""
+    """One line naming the flag (e.g. --max_train_steps 0 saved the random weights as finished)."""
     from medsd.cli import main
 
     out = tmp_path / "run"

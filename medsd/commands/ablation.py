@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from medsd.errors import MedsdConfigError
+from medsd.metrics.figures import labelled_rows_figure
 
 from .common import check_out_dir, value_ranges
-from .experiments import sample_rows_figure, short_ddpm_run_fields
+from .experiments import short_ddpm_run_fields
 
 ABLATION_RANGES = value_ranges(
     at_least={
@@ -145,53 +146,87 @@ def _config_value(path: Path, action: argparse.Action, value: Any) -> Any:
 _TYPE_TEXT = {int: "an integer", float: "a number"}
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
+def _sample(run_dir: Path, args: argparse.Namespace, seed: int) -> tuple[Any, Any, int, float]:
+    """(pipeline, samples [N, H, W] in [0, 1], inference steps, seconds) of a trained variant."""
     import torch
     from diffusers import DDPMScheduler
 
-    from medsd.data import build_dataset, parse_source
-    from medsd.errors import check_values
-    from medsd.metrics import degenerate_mask, distribution_metrics, extract_features, get_extractor
     from medsd.pipelines.ddpm import MedDDPMPipeline
+
+    pipe = MedDDPMPipeline.from_pretrained(run_dir).to("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    if args.sampler == "ddpm":
+        pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    steps = args.num_inference_steps or (
+        pipe.scheduler.config.num_train_timesteps if args.sampler == "ddpm" else 25
+    )
+    t0 = time.perf_counter()
+    fake = pipe(
+        batch_size=args.num_samples,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed + 1),
+        output_type="np",
+    ).images
+    return pipe, fake, steps, time.perf_counter() - t0
+
+
+def _scores(
+    fake: Any, real: Any, real_feats: Any, extractor: Any, seed: int, resolution: int
+) -> dict[str, Any]:
+    """Radiomics distances of ``fake`` to the held-out real images, and its degenerate-image count."""
+    import numpy as np
+
+    from medsd.metrics import degenerate_mask, distribution_metrics, extract_features
+
+    fake_feats = extract_features(fake, extractor, progress=False)
+    deg = degenerate_mask(np.round(fake * 255).astype(np.uint8), size=resolution)
+    dist = distribution_metrics(
+        real_feats,
+        fake_feats,
+        kid_subset_size=min(100, len(fake) // 2, len(real) // 2),
+        seed=seed,
+        scaling=extractor.scaling,
+        fake_degenerate=deg,
+        reference_draws=5,
+    )
+    ref = dist["real_reference"].get("real_vs_real", {}).get("frechet_distance", {})
+    return {
+        "radiomics_fd": dist["frechet_distance"],
+        "radiomics_fd_all": dist["frechet_distance_all"],
+        "real_real_fd": ref.get("mean"),
+        "kid": dist["kid"],
+        "precision": dist["precision"],
+        "recall": dist["recall"],
+        "degenerate": int(deg.sum()),
+    }
+
+
+def _variant_names(args: argparse.Namespace) -> list[str]:
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from medsd.data import held_out
+    from medsd.errors import check_values
+    from medsd.metrics import extract_features, get_extractor
     from medsd.training.data_args import data_config
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
 
     args = _apply_config(args)
     check_values(args, **ABLATION_RANGES)  # again: --config may have set them
-    names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise ValueError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    names = _variant_names(args)
     out = check_out_dir(
         args.out, ("ablation.json",), args.overwrite_output_dir, overwrite_flag="--overwrite_output_dir"
     )
     out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-
     base = short_ddpm_run_fields(args, ema_decay=0.999, max_warmup_steps=200)
-    # Held-out real images: the test split of the same source (patient-level when ids exist).
-    source = parse_source(args.train_data)
-    held_cfg = DDPMTrainConfig(**base)
-    held_cfg.phantom_count = max(args.num_samples * 2, 256)
-    test_ds, _ = build_dataset(
-        data_config(
-            held_cfg,
-            seed=args.seed,
-            split="all" if source.kind == "phantom" else "test",
-        )
+    real = held_out(
+        data_config(DDPMTrainConfig(**base), seed=args.seed), max(args.num_samples, 16), args.seed
     )
-    if source.kind == "phantom":  # fresh phantoms the model never saw
-        from medsd.data import PhantomDataset
-
-        test_ds = PhantomDataset(
-            args.num_samples,
-            size=args.resolution,
-            kind=source.phantom_kind,
-            seed=args.seed + 99_991,
-        )
-    n_real = min(len(test_ds), max(args.num_samples, 16))
-    real = np.stack([(test_ds[i]["pixel_values"][0].numpy() + 1) / 2 for i in range(n_real)])
     extractor = get_extractor("radiomics", size=args.resolution)
     real_feats = extract_features(real, extractor, progress=False)
 
@@ -209,33 +244,7 @@ def run(args: argparse.Namespace) -> int:
             )
             print(f"== {name} (seed {seed}): {description}")
             result = train_ddpm(cfg)
-            pipe = MedDDPMPipeline.from_pretrained(result.output_dir).to(device)
-            pipe.set_progress_bar_config(disable=True)
-            if args.sampler == "ddpm":
-                pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-            steps = args.num_inference_steps or (
-                pipe.scheduler.config.num_train_timesteps if args.sampler == "ddpm" else 25
-            )
-            t0 = time.perf_counter()
-            fake = pipe(
-                batch_size=args.num_samples,
-                num_inference_steps=steps,
-                generator=torch.Generator().manual_seed(seed + 1),
-                output_type="np",
-            ).images
-            sample_s = time.perf_counter() - t0
-            fake_feats = extract_features(fake, extractor, progress=False)
-            deg = degenerate_mask(np.round(fake * 255).astype(np.uint8), size=args.resolution)
-            dist = distribution_metrics(
-                real_feats,
-                fake_feats,
-                kid_subset_size=min(100, len(fake) // 2, len(real) // 2),
-                seed=seed,
-                scaling=extractor.scaling,
-                fake_degenerate=deg,
-                reference_draws=5,
-            )
-            ref = dist["real_reference"].get("real_vs_real", {}).get("frechet_distance", {})
+            pipe, fake, steps, sample_s = _sample(result.output_dir, args, seed)
             rows.append(
                 {
                     "variant": name,
@@ -248,13 +257,7 @@ def run(args: argparse.Namespace) -> int:
                     "final_train_loss": result.loss_history[-1][1] if result.loss_history else None,
                     "sampler": args.sampler,
                     "num_inference_steps": steps,
-                    "radiomics_fd": dist["frechet_distance"],
-                    "radiomics_fd_all": dist["frechet_distance_all"],
-                    "real_real_fd": ref.get("mean"),
-                    "kid": dist["kid"],
-                    "precision": dist["precision"],
-                    "recall": dist["recall"],
-                    "degenerate": int(deg.sum()),
+                    **_scores(fake, real, real_feats, extractor, seed, args.resolution),
                     "num_samples": len(fake),
                     "sampling_seconds": sample_s,
                     "paper_fid": paper_fid,
@@ -262,7 +265,12 @@ def run(args: argparse.Namespace) -> int:
             )
             if seed == seeds[0]:
                 sample_rows[name] = fake[:8]
+    return _write_report(args, out, rows, len(real), sample_rows)
 
+
+def _write_report(
+    args: argparse.Namespace, out: Path, rows: list[dict], n_real: int, sample_rows: dict
+) -> int:
     report = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("func", "value_ranges")},
         "held_out_real_images": n_real,
@@ -271,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "ablation.json").write_text(json.dumps(report, indent=1))
     (out / "ablation.md").write_text(render_table(report))
-    figure = sample_rows_figure(sample_rows, out / "ablation_samples.png")
+    figure = labelled_rows_figure(sample_rows, out / "ablation_samples.png")
     print(render_table(report))
     print(f"table: {out / 'ablation.md'}  figure: {figure}")
     return 0

@@ -133,7 +133,7 @@ def load_test_images(
     """
     import torch
 
-    from medsd.data import build_dataset, source_config
+    from medsd.data.build import HELD_OUT_PHANTOM_SEED, build_dataset, source_config
 
     window = None
     intensity = args.intensity
@@ -155,8 +155,8 @@ def load_test_images(
         phantom_count=args.phantom_count,
     )
     if cfg.source == "phantom":
-        # Phantom i depends only on (seed, i): draw test phantoms from a seed no training run used.
-        cfg.seed, cfg.split = seed + 99_991, "all"
+        # phantom i depends only on (seed, i): test phantoms come from a seed no training run uses
+        cfg.seed, cfg.split = seed + HELD_OUT_PHANTOM_SEED, "all"
     dataset, _ = build_dataset(cfg)
     sub_seed = getattr(args, "subsample_seed", None)
     idx = choose_test_indices(dataset, args.num_images, args.seed if sub_seed is None else sub_seed)

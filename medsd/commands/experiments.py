@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 
@@ -36,26 +35,3 @@ def short_ddpm_run_fields(
         report_to="none",
         **extra,
     )
-
-
-def sample_rows_figure(rows: dict[str, list[Any]], path: Path) -> Path:
-    """A figure with one titled row of grayscale samples ([H, W] in [0, 1]) per entry of ``rows``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_cols = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(
-        len(rows), n_cols, figsize=(1.3 * n_cols, 1.45 * len(rows)), dpi=110, squeeze=False
-    )
-    for r, (name, images) in enumerate(rows.items()):
-        for c in range(n_cols):
-            axes[r][c].axis("off")
-            if c < len(images):
-                axes[r][c].imshow(images[c], cmap="gray", vmin=0, vmax=1)
-        axes[r][0].set_title(name, fontsize=8, loc="left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

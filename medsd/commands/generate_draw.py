@@ -217,16 +217,16 @@ def write_image(img: Any, path_stem: Path, fmt: str) -> Path:
     """Write ``img`` as ``path_stem`` + the format's suffix, under a temporary name then renamed."""
     import numpy as np
 
-    from medsd.data import io
+    from medsd.data import writers
 
     path = path_stem.with_name(path_stem.name + SUFFIXES[fmt])
     tmp = temporary_name(path)
     if fmt == "png8":
         img.save(tmp, format="PNG")
     elif fmt == "png16":
-        io.write_png16(tmp, np.asarray(img))
+        writers.write_png16(tmp, np.asarray(img))
     elif fmt == "dicom":
-        io.write_dicom_secondary_capture(tmp, np.asarray(img), description="synthetic image (medsd)")
+        writers.write_dicom_secondary_capture(tmp, np.asarray(img), description="synthetic image (medsd)")
     else:
         np.save(tmp, np.asarray(img, dtype=np.float32))
     replace_atomically(tmp, path)

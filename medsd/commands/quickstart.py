@@ -43,14 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
-    from medsd.data import PhantomDataset
-    from medsd.metrics import EvalConfig, evaluate
+    from medsd.metrics.figures import save_image_grid
     from medsd.pipelines.ddpm import MedDDPMPipeline
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
-    from medsd.training.figures import save_image_grid
 
     if args.num_images < args.train_batch_size:
         from medsd.errors import MedsdConfigError
@@ -106,33 +103,20 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"[3/3] evaluating the samples against {args.num_samples} held-out phantoms (offline radiomics features)"
     )
-    from PIL import Image
+    report = _evaluate_against_held_out(args, out, samples_dir, real_dir)
+    _print_summary(report, out, result.output_dir, grid, (time.perf_counter() - t0) / 60)
+    return 0
 
-    held_out = PhantomDataset(args.num_samples, size=args.resolution, kind="chest", seed=args.seed + 10_000)
-    for i in range(len(held_out)):
-        x = held_out.read_native(i)
-        Image.fromarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)).save(
-            real_dir / f"phantom_{i:04d}.png"
-        )
-    report, _ = evaluate(
-        EvalConfig(
-            real=str(real_dir),
-            fake=str(samples_dir),
-            out=str(out / "eval"),
-            size=args.resolution,
-            kid_subset_size=min(1000, args.num_samples // 2),
-            diversity_pairs=100,
-        ),
-        log=lambda *a, **k: None,
-    )
-    minutes = (time.perf_counter() - t0) / 60
+
+def _print_summary(report: dict, out: Path, pipeline_dir: Path, grid: Path, minutes: float) -> None:
+    """Where the quickstart's outputs are, and what the evaluation says in two lines."""
     dist = report.get("distribution", {}).get("radiomics", {})
     degenerate = report.get("degenerate", {})
     print()
     print(f"done in {minutes:.1f} min")
-    print(f"  pipeline     {result.output_dir}   (MedDDPMPipeline.from_pretrained)")
+    print(f"  pipeline     {pipeline_dir}   (MedDDPMPipeline.from_pretrained)")
     print(f"  sample grid  {grid}")
-    print(f"  loss curve   {result.output_dir / 'loss_curve.png'}")
+    print(f"  loss curve   {pipeline_dir / 'loss_curve.png'}")
     print(f"  metrics      {out / 'eval' / 'report.md'}")
     if dist:
         ref = dist.get("real_reference", {}).get("real_vs_real", {}).get("frechet_distance", {})
@@ -153,4 +137,28 @@ def run(args: argparse.Namespace) -> int:
             f"{degenerate['fake']} of {report['sets']['fake']['n_images']} ({degenerate['fake_fraction']:.1%}), "
             f"held-out real phantoms {degenerate['real_fraction']:.1%}"
         )
-    return 0
+
+
+def _evaluate_against_held_out(
+    args: argparse.Namespace, out: Path, samples_dir: Path, real_dir: Path
+) -> dict:
+    """``medsd eval`` of the samples against as many fresh phantoms, written as PNGs into ``real_dir``."""
+    import numpy as np
+    from PIL import Image
+
+    from medsd.data import held_out
+    from medsd.metrics import EvalConfig, evaluate
+
+    for i, x in enumerate(held_out("phantom", args.num_samples, args.seed, resolution=args.resolution)):
+        Image.fromarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)).save(
+            real_dir / f"phantom_{i:04d}.png"
+        )
+    config = EvalConfig(
+        real=str(real_dir),
+        fake=str(samples_dir),
+        out=str(out / "eval"),
+        size=args.resolution,
+        kid_subset_size=min(1000, args.num_samples // 2),
+        diversity_pairs=100,
+    )
+    return evaluate(config, log=lambda *a, **k: None)[0]

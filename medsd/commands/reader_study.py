@@ -54,9 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     e.add_argument(
         "--design",
-        choices=["mixed", "all_synthetic", "2afc", "single"],
+        choices=["mixed", "all_synthetic", "2afc"],
         default="mixed",
-        help="mixed: real and fake shuffled (single is its old name); all_synthetic: every case synthetic "
+        help="mixed: real and fake shuffled; all_synthetic: every case synthetic "
         "(Spot the fake lungs); 2afc: real/fake pairs",
     )
     e.add_argument("--size", type=int, default=256, help="exported image size in px (default 256)")
@@ -134,7 +134,7 @@ def run(args) -> int:
             from medsd.metrics.reader_study import export_reader_study
 
             check_out_dir(args.out, ("key.csv", "answer_sheet.csv"), args.overwrite)
-            design = "mixed" if args.design == "single" else args.design
+            design = args.design
             fakes = _strata(args.fake)
             reals = _strata(args.real)
             if design != "all_synthetic" and not reals:

@@ -15,9 +15,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from medsd.metrics.figures import labelled_rows_figure
 
 from .common import value_ranges
-from .experiments import sample_rows_figure, short_ddpm_run_fields
+from .experiments import short_ddpm_run_fields
 
 TSTR_RANGES = value_ranges(
     at_least={
@@ -83,20 +86,60 @@ def _images01(dataset):
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def _synthetic_class(
+    cls: str, ci: int, base: dict, args: argparse.Namespace, out: Path, n_real: int
+) -> tuple[Any, dict[str, Any]]:
+    """Train a DDPM on the real training images of ``cls`` and sample from it: (images [N, H, W] in [0, 1],
+    the class's row of the report)."""
     import numpy as np
     import torch
 
-    from medsd.data import build_dataset
     from medsd.metrics import degenerate_mask
     from medsd.metrics.diversity import to_uint8
-    from medsd.metrics.downstream import downstream_utility
-    from medsd.metrics.subsample import stratified_subsample
     from medsd.pipelines.ddpm import MedDDPMPipeline
-    from medsd.training.data_args import data_config, select_labels
     from medsd.training.ddpm import DDPMTrainConfig, train_ddpm
 
-    t_start = time.perf_counter()
+    n = args.num_synthetic or n_real
+    cfg = DDPMTrainConfig(**base, train_labels=cls, output_dir=str(out / f"ddpm_{_slug(cls)}"))
+    print(f"== DDPM for '{cls}' ({n_real} real training images) -> {n} samples")
+    result = train_ddpm(cfg)
+    pipe = MedDDPMPipeline.from_pretrained(result.output_dir).to(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(args.seed + 1000 + ci)
+    imgs = [
+        pipe(
+            batch_size=min(64, n - start),
+            num_inference_steps=args.num_inference_steps,
+            generator=gen,
+            output_type="np",
+        ).images
+        for start in range(0, n, 64)
+    ]
+    x = np.concatenate(imgs)
+    x = x[..., 0] if x.ndim == 4 else x
+    deg = degenerate_mask(to_uint8(x), size=args.resolution)
+    return x, {
+        "real_train": int(n_real),
+        "real_test": 0,
+        "synthetic": int(n),
+        "synthetic_degenerate": int(deg.sum()),
+        "ddpm_steps": int(result.global_step),
+        "ddpm_train_seconds": float(result.seconds),
+        "final_train_loss": result.loss_history[-1][1] if result.loss_history else None,
+    }
+
+
+def _write_report(report: dict, out: Path, grids: dict) -> None:
+    (out / "tstr.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "tstr.md").write_text(render_table(report))
+    labelled_rows_figure({f"synthetic {k}": v for k, v in grids.items()}, out / "tstr_synthetic_samples.png")
+    print(render_table(report))
+    print(f"table: {out / 'tstr.md'}  samples: {out / 'tstr_synthetic_samples.png'}")
+
+
+def _classes_and_out(args: argparse.Namespace) -> tuple[list[str], Path]:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if len(classes) < 2:
         raise ValueError(f"--classes: expected at least two labels, got {classes}")
@@ -104,6 +147,21 @@ def run(args: argparse.Namespace) -> int:
     if (out / "tstr.json").exists() and not args.overwrite_output_dir:
         raise ValueError(f"{out} already holds a tstr run; pass --overwrite_output_dir to replace it")
     out.mkdir(parents=True, exist_ok=True)
+    return classes, out
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from medsd.data import build_dataset
+    from medsd.metrics.downstream import downstream_utility
+    from medsd.metrics.subsample import stratified_subsample
+    from medsd.training.data_args import data_config, select_labels
+    from medsd.training.ddpm import DDPMTrainConfig
+
+    t_start = time.perf_counter()
+    classes, out = _classes_and_out(args)
     torch.manual_seed(args.seed)
     base = short_ddpm_run_fields(args, ema_decay=0.995, max_warmup_steps=100, image_column=args.image_column)
     # the same patient-level split (same seed) that train_ddpm uses for its training images
@@ -136,37 +194,9 @@ def run(args: argparse.Namespace) -> int:
     x_train, x_test = _images01(real_train_ds), _images01(sets["test"])
 
     synth_x, synth_y, per_class, grids = [], [], {}, {}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     for ci, cls in enumerate(classes):
-        n_real = train_labels.count(cls)
-        n = args.num_synthetic or n_real
-        cfg = DDPMTrainConfig(**base, train_labels=cls, output_dir=str(out / f"ddpm_{_slug(cls)}"))
-        print(f"== DDPM for '{cls}' ({n_real} real training images) -> {n} samples")
-        result = train_ddpm(cfg)
-        pipe = MedDDPMPipeline.from_pretrained(result.output_dir).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        gen = torch.Generator().manual_seed(args.seed + 1000 + ci)
-        imgs = []
-        for start in range(0, n, 64):
-            imgs.append(
-                pipe(
-                    batch_size=min(64, n - start),
-                    num_inference_steps=args.num_inference_steps,
-                    generator=gen,
-                    output_type="np",
-                ).images
-            )
-        x = np.concatenate(imgs)[..., 0] if np.concatenate(imgs).ndim == 4 else np.concatenate(imgs)
-        deg = degenerate_mask(to_uint8(x), size=args.resolution)
-        per_class[cls] = {
-            "real_train": int(n_real),
-            "real_test": int(test_labels.count(cls)),
-            "synthetic": int(n),
-            "synthetic_degenerate": int(deg.sum()),
-            "ddpm_steps": int(result.global_step),
-            "ddpm_train_seconds": float(result.seconds),
-            "final_train_loss": result.loss_history[-1][1] if result.loss_history else None,
-        }
+        x, per_class[cls] = _synthetic_class(cls, ci, base, args, out, train_labels.count(cls))
+        per_class[cls]["real_test"] = int(test_labels.count(cls))
         synth_x.append(x)
         synth_y += [cls] * len(x)
         grids[cls] = x[:8]
@@ -184,23 +214,18 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_threads=1,
     )
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "value_ranges")}
     report = {
         "command": "medsd tstr " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         if len(sys.argv) > 1 and sys.argv[1] == "tstr"
         else None,
-        "settings": settings,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "value_ranges")},
         "classes": classes,
         "per_class": per_class,
         "patients": {"train": len(train_pids), "test": len(test_pids), "shared": 0},
         "downstream": d,
         "runtime_minutes": (time.perf_counter() - t_start) / 60,
     }
-    (out / "tstr.json").write_text(json.dumps(report, indent=1, default=float))
-    (out / "tstr.md").write_text(render_table(report))
-    sample_rows_figure({f"synthetic {k}": v for k, v in grids.items()}, out / "tstr_synthetic_samples.png")
-    print(render_table(report))
-    print(f"table: {out / 'tstr.md'}  samples: {out / 'tstr_synthetic_samples.png'}")
+    _write_report(report, out, grids)
     return 0
 
 

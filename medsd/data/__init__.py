@@ -31,6 +31,8 @@ _EXPORTS = {
     "random_crop": "transforms",
     "random_affine": "transforms",
     "hflip": "transforms",
+    "random_hflip": "transforms",
+    "augment_batch": "transforms",
     "ImageTransform": "transforms",
     "Finding": "phantoms",
     "chest_phantom": "phantoms",
@@ -52,6 +54,7 @@ _EXPORTS = {
     "is_jsonl_imagefolder": "build",
     "PHANTOM_SOURCES": "build",
     "build_dataset": "build",
+    "held_out": "build",
     "collate_items": "cache",
     "UInt8ImageCache": "cache",
 }

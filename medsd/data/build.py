@@ -11,12 +11,11 @@ import numpy as np
 
 from medsd.flags import Alias, AliasedInit, flag, to_bool
 
-from .datasets import CSVImageDataset, FolderImageDataset, _hash_part, patient_split  # noqa: F401
+from .datasets import CSVImageDataset, FolderImageDataset, patient_split
 from .errors import MedImageError
-from .hf_datasets import HFImageDataset, HFStreamingImageDataset  # noqa: F401
+from .hf_datasets import HFImageDataset, HFStreamingImageDataset
 from .intensity import IntensityMapping, MinMaxMapping, PercentileMapping, WindowMapping, default_mapping
-from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
-from .splits import HELDOUT, SPLIT_CHOICES, SPLITS  # noqa: F401
+from .splits import HELDOUT, SPLIT_CHOICES
 from .transforms import ImageTransform
 
 logger = logging.getLogger("medsd.data")
@@ -273,26 +272,16 @@ def _fit_samples(ds: Any, cfg: DataConfig, streaming: bool) -> list:
     return ds.samples([int(i) for i in pick])
 
 
-def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
-    """Build the dataset described by ``cfg`` and its (fitted) intensity mapping.
-
-    Order: load the source, take split ``cfg.split`` (patient-level, seeded), cap at ``max_samples``, drop
-    bad images if ``skip_bad_images``, then choose (``"auto"``) or fit (``"minmax"``, ``"percentile"``) the
-    mapping on up to ``fit_samples`` images. Phantoms are always in [0, 1] and use ``WindowMapping(0, 1)``.
-    Images with NaN/inf pixels, below ``min_image_size`` or beyond ``max_aspect_ratio`` raise
-    ``MedImageError`` naming the file (or are skipped and listed in ``dataset.skipped``).
-    """
-    if cfg.split not in SPLIT_CHOICES:
-        raise MedImageError(f"data config split: expected one of {SPLIT_CHOICES}, got {cfg.split!r}")
+def _source_dataset(cfg: DataConfig, mapping: IntensityMapping | None) -> Any:
+    """The whole source ``cfg`` names, before any split (phantoms already in [0, 1])."""
     common = dict(crop=cfg.crop, affine=cfg.affine, hflip=cfg.hflip, upscale=cfg.upscale)
     common.update(
         prompt_template=cfg.prompt_template, min_size=cfg.min_image_size, max_aspect=cfg.max_aspect_ratio
     )
-    mapping = _make_mapping(cfg)
     if cfg.source == "phantom":
         from .phantoms import PhantomDataset
 
-        ds: Any = PhantomDataset(
+        return PhantomDataset(
             cfg.phantom_count,
             size=cfg.resolution,
             kind=cfg.phantom_kind,
@@ -303,33 +292,29 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
             if (cfg.affine or cfg.hflip or cfg.crop == "random")
             else None,
         )
-        mapping = WindowMapping(0.0, 1.0)
-    elif cfg.source in ("folder", "csv", "hf") and not cfg.path:
+    if cfg.source in ("folder", "csv", "hf") and not cfg.path:
         raise MedImageError(f"data config path: required for source {cfg.source!r}")
-    elif cfg.source == "folder":
-        ds = FolderImageDataset(
+    if cfg.source == "folder":
+        return FolderImageDataset(
             cfg.path, cfg.resolution, mapping=mapping, patient_id_pattern=cfg.patient_id_pattern, **common
         )
-    elif cfg.source == "csv":
-        ds = CSVImageDataset(
+    columns = (cfg.label_column, cfg.caption_column, cfg.patient_column)
+    if cfg.source == "csv":
+        return CSVImageDataset(
             cfg.path,
             cfg.image_column or "filename",
-            cfg.label_column,
-            cfg.caption_column,
-            cfg.patient_column,
+            *columns,
             resolution=cfg.resolution,
             mapping=mapping,
             allow_outside_root=cfg.allow_outside_root,
             **common,
         )
-    elif cfg.source == "hf":
-        ds = HFImageDataset(
+    if cfg.source == "hf":
+        return HFImageDataset(
             cfg.path,
             cfg.hf_split,
             cfg.image_column or "image",
-            cfg.label_column,
-            cfg.caption_column,
-            cfg.patient_column,
+            *columns,
             cfg.resolution,
             data_dir=cfg.data_dir,
             streaming=cfg.streaming,
@@ -337,12 +322,13 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
             skip_bad_images=cfg.skip_bad_images and cfg.streaming,
             **common,
         )
-    else:
-        raise MedImageError(
-            f"data config source: expected 'phantom', 'folder', 'csv' or 'hf', got {cfg.source!r}"
-        )
+    raise MedImageError(
+        f"data config source: expected 'phantom', 'folder', 'csv' or 'hf', got {cfg.source!r}"
+    )
 
-    streaming = isinstance(ds, HFStreamingImageDataset)
+
+def _restrict(ds: Any, cfg: DataConfig, streaming: bool) -> Any:
+    """Split part ``cfg.split`` (patient-level, seeded), at most ``max_samples``, bad images dropped when asked."""
     if cfg.split != "all":
         if streaming:
             ds.restrict(cfg.split, cfg.split_fractions, cfg.seed)
@@ -360,6 +346,26 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
         raise MedImageError(f"data config: split {cfg.split!r} of {cfg.source} source {cfg.path!r} is empty")
     if cfg.skip_bad_images and not streaming and cfg.source != "phantom":
         ds.drop_bad_images()
+    return ds
+
+
+def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
+    """Build the dataset described by ``cfg`` and its (fitted) intensity mapping.
+
+    Order: load the source, take split ``cfg.split`` (patient-level, seeded), cap at ``max_samples``, drop
+    bad images if ``skip_bad_images``, then choose (``"auto"``) or fit (``"minmax"``, ``"percentile"``) the
+    mapping on up to ``fit_samples`` images. Phantoms are always in [0, 1] and use ``WindowMapping(0, 1)``.
+    Images with NaN/inf pixels, below ``min_image_size`` or beyond ``max_aspect_ratio`` raise
+    ``MedImageError`` naming the file (or are skipped and listed in ``dataset.skipped``).
+    """
+    if cfg.split not in SPLIT_CHOICES:
+        raise MedImageError(f"data config split: expected one of {SPLIT_CHOICES}, got {cfg.split!r}")
+    mapping = _make_mapping(cfg)  # checked for every source: phantoms then use their fixed [0, 1] window
+    if cfg.source == "phantom":
+        mapping = WindowMapping(0.0, 1.0)
+    ds = _source_dataset(cfg, mapping)
+    streaming = isinstance(ds, HFStreamingImageDataset)
+    ds = _restrict(ds, cfg, streaming)
     if mapping is None:
         mapping, why = default_mapping(_fit_samples(ds, cfg, streaming), f"{cfg.source} source {cfg.path!r}")
         logger.info("intensity mapping of %s: %r (%s)", cfg.path, mapping, why)
@@ -371,3 +377,26 @@ def build_dataset(cfg: DataConfig) -> tuple[Any, IntensityMapping]:
     if cfg.source != "phantom":
         ds.mapping = mapping
     return ds, mapping
+
+
+HELD_OUT_PHANTOM_SEED = 99_991
+"""Added to the seed of fresh held-out phantoms: training phantoms use the run's seed itself."""
+
+
+def held_out(source: str | DataConfig, n: int, seed: int = 0, *, resolution: int | None = None) -> np.ndarray:
+    """Up to ``n`` real images a model trained on ``source`` never saw, as [N, H, W] float32 in [0, 1]:
+    fresh phantoms for a phantom source, else the test part of the patient-level split (seeded with
+    ``seed``, as training splits it). ``source``: a source string or the training run's ``DataConfig``."""
+    cfg = source if isinstance(source, DataConfig) else source_config(source)
+    cfg = dataclasses.replace(cfg, seed=seed, resolution=resolution or cfg.resolution)
+    if cfg.source == "phantom":
+        from .phantoms import PhantomDataset
+
+        ds: Any = PhantomDataset(
+            n, size=cfg.resolution, kind=cfg.phantom_kind, seed=seed + HELD_OUT_PHANTOM_SEED
+        )
+    else:
+        plain = dict(split="test", max_samples=None, affine=False, hflip=False, crop="center")
+        ds, _ = build_dataset(dataclasses.replace(cfg, **plain))
+    images = [(ds[i]["pixel_values"][0].numpy() + 1.0) / 2.0 for i in range(min(n, len(ds)))]
+    return np.stack(images).astype(np.float32)

@@ -10,7 +10,6 @@ from torch.utils.data import IterableDataset
 
 from .datasets import _progress
 from .errors import MedImageError
-from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
 
 
 def collate_items(items: Sequence[dict]) -> dict:

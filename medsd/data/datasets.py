@@ -26,7 +26,7 @@ from medsd.errors import MedsdError
 
 from .errors import MedImageError, one_line
 from .intensity import IntensityMapping, default_mapping
-from .io import DATASET_EXTENSIONS, IMAGE_EXTENSIONS, MedImage, check_finite, read_image  # noqa: F401
+from .io import DATASET_EXTENSIONS, MedImage, check_finite, read_image
 from .listing import (
     _MULTI_FRAME,
     check_columns,
@@ -36,8 +36,8 @@ from .listing import (
     read_csv_rows,
     walk_images,
 )
-from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
-from .splits import HELDOUT, SPLIT_CHOICES, SPLITS  # noqa: F401 - re-exported for the data layer
+from .prompts import PromptTemplate, _as_template, _missing
+from .splits import SPLITS
 from .transforms import ImageTransform
 
 logger = logging.getLogger("medsd.data")

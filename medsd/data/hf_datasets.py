@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, IterableDataset
 
-from .datasets import (  # noqa: F401
+from .datasets import (
     MAX_ASPECT_RATIO,
     SPLITS,
     _hash_part,
@@ -20,12 +20,11 @@ from .datasets import (  # noqa: F401
     _progress,
     _RecordDataset,
     _warn_skipped,
-    patient_split,
 )
 from .errors import MedImageError, one_line
 from .intensity import IntensityMapping
 from .io import MedImage, check_finite, pil_to_array, read_image, rgb_to_gray
-from .prompts import PromptTemplate, _as_template, _missing, normalize_label  # noqa: F401
+from .prompts import PromptTemplate, _missing
 from .transforms import ImageTransform
 
 
@@ -74,11 +73,6 @@ def _image_to_medimage(value: Any, where: str) -> MedImage:
     return MedImage(
         a, {"path": where, "format": "array", "bit_depth": depth, "modality": None, "window": None}
     )
-
-
-def _image_to_array(value: Any, where: str) -> np.ndarray:
-    """A ``datasets`` image value -> float32 HxW native array."""
-    return _image_to_medimage(value, where).array
 
 
 def _undecoded(hf: Any, column: str) -> Any:
@@ -349,11 +343,6 @@ class HFStreamingImageDataset(HFImageDataset, IterableDataset):
                 continue
             k += 1
             yield img
-
-    def iter_native(self, n: int) -> Iterator[np.ndarray]:
-        """The first ``n`` images of the (split-restricted) stream in native units."""
-        for img in self.iter_samples(n):
-            yield img.array
 
     def __iter__(self) -> Iterator[dict]:
         skipped: list[tuple[str, str]] = []

@@ -22,7 +22,6 @@ import numpy as np
 from .errors import MedImageError, one_line
 from .errors import require_package as _require
 from .intensity import WindowMapping
-from .writers import SYNTHETIC_MARKER, write_dicom_secondary_capture, write_png8, write_png16  # noqa: F401
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 """Extensions of files that hold 2-D images (``read_image`` reads them without ``frame``)."""

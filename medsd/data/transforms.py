@@ -111,6 +111,29 @@ def hflip(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1)
 
 
+def random_hflip(
+    x: torch.Tensor, generator: torch.Generator | None = None, *, mirrored: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Each item of ``x`` ([C, H, W] or [B, C, H, W]) mirrored left-right with probability 0.5.
+
+    ``mirrored`` gives the mirror images when they are not ``x.flip(-1)`` (e.g. VAE latents encoded from the
+    mirrored image). The coin flips come from ``generator`` or the global CPU RNG, whatever device ``x`` is on.
+    """
+    b, single = _batched(x)
+    other = hflip(b) if mirrored is None else _batched(mirrored)[0]
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    flip = torch.rand(b.shape[0], generator=generator, device=gdev) < 0.5
+    out = torch.where(flip.to(b.device)[:, None, None, None], other, b)
+    return out[0] if single else out
+
+
+def augment_batch(x: torch.Tensor, affine: bool, flip: bool) -> torch.Tensor:
+    """The training jitter of a batch where it lives: ``random_affine`` then ``random_hflip``, each when asked."""
+    if affine:
+        x = random_affine(x)
+    return random_hflip(x) if flip else x
+
+
 class ImageTransform:
     """Resize the short side to ``resolution``, crop to a square, then optional jitter.
 
@@ -158,10 +181,7 @@ class ImageTransform:
         if self.affine:
             x = random_affine(x, self.degrees, self.translate, self.scale, self.generator)
         if self.hflip:
-            b, single = _batched(x)
-            flip = torch.rand(b.shape[0], generator=self.generator) < 0.5
-            b = torch.where(flip.to(b.device)[:, None, None, None], b.flip(-1), b)
-            x = b[0] if single else b
+            x = random_hflip(x, self.generator)
         return x.float().contiguous()
 
     def __repr__(self) -> str:

@@ -78,31 +78,8 @@ def _ds(v: float) -> str:
     return f"{v:.10g}"  # DICOM DS strings hold at most 16 characters
 
 
-def write_dicom_secondary_capture(
-    path: str | Path,
-    array_native: Any,
-    *,
-    modality: str = "OT",
-    rescale: tuple[float, float] | None = None,
-    description: str | None = None,
-    window: tuple[float, float] | None = None,
-) -> Path:
-    """Write a synthetic image as a DICOM Secondary Capture (16-bit unsigned, MONOCHROME2).
-
-    Values are stored as ``round((x - intercept) / slope)`` with ``rescale=(slope, intercept)``; without
-    ``rescale`` integer data (e.g. HU) keeps slope 1 and other data is spread over the 16-bit range, so
-    ``read_image`` returns the native values. The file is marked synthetic (ImageType DERIVED\\SECONDARY,
-    ConversionType SYN, PatientName SYNTHETIC, ImageComments/SeriesDescription) and holds no patient data.
-    ``window`` is an optional (center, width) display window.
-    """
-    _require("pydicom", "dicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    path = Path(path)
-    a = _as_2d(array_native, f"write_dicom_secondary_capture({path})").astype(np.float64)
-    if not np.isfinite(a).all():
-        raise MedImageError(f"write_dicom_secondary_capture({path}): array contains NaN or infinite values")
+def _dicom_rescale(a: np.ndarray, rescale: tuple[float, float] | None, path: Path) -> tuple[float, float]:
+    """(slope, intercept) that store ``a`` in 16-bit unsigned: given, or chosen from the data's range."""
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if rescale is None:
         if np.array_equal(a, np.round(a)) and hi - min(lo, 0.0) <= 65535:
@@ -122,6 +99,14 @@ def write_dicom_secondary_capture(
             f"write_dicom_secondary_capture({path}): values {lo:g}..{hi:g} do not fit 16-bit unsigned "
             f"with rescale (slope={slope:g}, intercept={intercept:g})"
         )
+    return slope, intercept
+
+
+def _synthetic_secondary_capture(path: Path, modality: str, description: str | None) -> Any:
+    """A Secondary Capture dataset with new UIDs, no patient data and every synthetic marker; no pixels yet."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
     now = datetime.datetime.now()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -152,6 +137,35 @@ def write_dicom_secondary_capture(
     desc = description or SYNTHETIC_MARKER
     ds.SeriesDescription = (desc if "SYNTHETIC" in desc.upper() else f"SYNTHETIC - {desc}")[:64]
     ds.DerivationDescription = SYNTHETIC_MARKER
+    return ds
+
+
+def write_dicom_secondary_capture(
+    path: str | Path,
+    array_native: Any,
+    *,
+    modality: str = "OT",
+    rescale: tuple[float, float] | None = None,
+    description: str | None = None,
+    window: tuple[float, float] | None = None,
+) -> Path:
+    """Write a synthetic image as a DICOM Secondary Capture (16-bit unsigned, MONOCHROME2).
+
+    Values are stored as ``round((x - intercept) / slope)`` with ``rescale=(slope, intercept)``; without
+    ``rescale`` integer data (e.g. HU) keeps slope 1 and other data is spread over the 16-bit range, so
+    ``read_image`` returns the native values. The file is marked synthetic (ImageType DERIVED\\SECONDARY,
+    ConversionType SYN, PatientName SYNTHETIC, ImageComments/SeriesDescription) and holds no patient data.
+    ``window`` is an optional (center, width) display window.
+    """
+    _require("pydicom", "dicom")
+
+    path = Path(path)
+    a = _as_2d(array_native, f"write_dicom_secondary_capture({path})").astype(np.float64)
+    if not np.isfinite(a).all():
+        raise MedImageError(f"write_dicom_secondary_capture({path}): array contains NaN or infinite values")
+    slope, intercept = _dicom_rescale(a, rescale, path)
+    stored = np.round((a - intercept) / slope)
+    ds = _synthetic_secondary_capture(path, modality, description)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = a.shape

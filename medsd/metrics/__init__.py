@@ -31,7 +31,7 @@ from .diversity import (
     neighbour_correlation,
 )
 from .downstream import downstream_utility, train_classifier
-from .evaluate import EvalConfig, evaluate
+from .evaluate import SECTIONS, EvalConfig, EvalInputs, SectionResult, evaluate
 from .feature_stats import FeatureStats, frechet_distance_of_stats
 from .features import (
     FeatureExtractor,
@@ -80,6 +80,9 @@ __all__ = [
     "robust_scale",
     "real_reference",
     "EvalConfig",
+    "EvalInputs",
+    "SECTIONS",
+    "SectionResult",
     "FeatureExtractor",
     "FeatureStats",
     "frechet_distance_of_stats",

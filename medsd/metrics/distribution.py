@@ -237,6 +237,14 @@ def real_reference(
     return out
 
 
+def _fd_kid(r: np.ndarray, f: np.ndarray, subsets: int, subset_size: int, seed: int) -> tuple:
+    """(Fréchet distance, KID, KID std) of two feature sets; Nones when ``f`` has fewer than 2 rows."""
+    if len(f) < 2:
+        return None, None, None
+    kid, kid_std = kernel_inception_distance(r, f, subsets=subsets, subset_size=subset_size, seed=seed)
+    return frechet_distance(r, f), kid, kid_std
+
+
 def distribution_metrics(
     real_feats: np.ndarray,
     fake_feats: np.ndarray,
@@ -248,7 +256,6 @@ def distribution_metrics(
     fake_degenerate: np.ndarray | None = None,
     standard: bool = False,
     reference_draws: int = 10,
-    standardize: bool | None = None,
 ) -> dict:
     """Fréchet distance, KID (mean/std), precision/recall and a same-size real/real reference.
 
@@ -256,14 +263,10 @@ def distribution_metrics(
     (default) or ``standard`` for medsd's own feature sets. ``fake_degenerate`` (bool per fake image) marks
     degenerate images: they are counted apart, left out of the medsd distances (the headline FD/KID are those of
     the non-degenerate images, ``*_all`` of all), and count as *outside* the real manifold for ``precision``
-    (``recall`` uses the non-degenerate images only, so a collapsed sampler cannot cover the real set by
-    scattering outliers). With ``standard=True`` the headline numbers are those of all images (the published
-    FID protocol). ``standardize`` is the old switch (``True`` = ``standard``, ``False`` = ``raw``).
+    (``recall`` uses the non-degenerate ones, so scattered outliers cannot cover the real set). With
+    ``standard=True`` the headline numbers are those of all images (the published FID protocol).
     """
-    if standardize is not None:
-        scaling = "standard" if standardize else "raw"
-    real_raw = np.asarray(real_feats, dtype=np.float64)
-    fake_raw = np.asarray(fake_feats, dtype=np.float64)
+    real_raw, fake_raw = np.asarray(real_feats, dtype=np.float64), np.asarray(fake_feats, dtype=np.float64)
     deg = np.zeros(len(fake_raw), bool) if fake_degenerate is None else np.asarray(fake_degenerate, bool)
     if deg.shape != (len(fake_raw),):
         raise ValueError(f"fake_degenerate: expected {len(fake_raw)} flags, got shape {deg.shape}")
@@ -271,19 +274,9 @@ def distribution_metrics(
     ok = fake[~deg]
     n_ok = len(ok)
 
-    def _fd_kid(r, f):
-        if len(f) < 2:
-            return None, None, None
-        kid, kid_std = kernel_inception_distance(
-            r, f, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
-        )
-        return frechet_distance(r, f), kid, kid_std
-
-    fd_all, kid_all, kid_std_all = _fd_kid(real, fake)
-    if deg.any():
-        fd_ok, kid_ok, kid_std_ok = _fd_kid(real, ok)
-    else:
-        fd_ok, kid_ok, kid_std_ok = fd_all, kid_all, kid_std_all
+    kid_opts = dict(subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+    fd_all, kid_all, kid_std_all = everything = _fd_kid(real, fake, **kid_opts)
+    fd_ok, kid_ok, kid_std_ok = _fd_kid(real, ok, **kid_opts) if deg.any() else everything
     pr = _pr_or_none(real, ok, k)
     precision = None if pr["precision"] is None else pr["precision"] * n_ok / max(len(fake), 1)
     head_fd, head_kid, head_kid_std = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# The degenerate-image rule (project issue tracker), on 8-bit images:
+# The degenerate-image rule, on 8-bit images:
 DEGENERATE_MEAN_LOW = 25.0
 DEGENERATE_MEAN_HIGH = 230.0
 DEGENERATE_STD_LOW = 10.0

@@ -1,4 +1,9 @@
-"""The full evaluation run behind ``medsd eval``: load sets, compute every metric, write report.json/.md + figures."""
+"""The full evaluation run behind ``medsd eval``: load sets, compute every metric, write report.json/.md + figures.
+
+The run is a list of sections (:data:`SECTIONS`): each is a small function of the loaded :class:`EvalInputs`
+that returns a :class:`SectionResult` (its ``report.json`` entries, the figures it drew, the exit code it asks
+for); ``report.md`` renders the same entries, section by section (:mod:`medsd.metrics.report_markdown`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +22,7 @@ from medsd.data.splits import SPLIT_CHOICES
 from medsd.flags import SEED_MAX, Alias, flag, to_bool
 
 from .features import extract_features, get_extractor
+from .figures import feature_plots, sample_grid
 from .io import ImageSet, load_subsampled
 from .report_markdown import _ci, _f, render_markdown
 
@@ -186,68 +194,49 @@ def _set_summary(s: ImageSet) -> dict:
     }
 
 
-def mosaic(images01: list[np.ndarray] | np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
-    """Tile equally sized [H, W] images into one array (white padding), row-major."""
-    images01 = list(images01)
-    h, w = images01[0].shape
-    rows = int(np.ceil(len(images01) / cols))
-    out = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), np.float32)
-    for k, im in enumerate(images01):
-        r, c = divmod(k, cols)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
-    return out
+@dataclass
+class EvalInputs:
+    """What every section reads: the settings, the loaded sets, the feature extractors and where to write."""
+
+    cfg: EvalConfig
+    log: Callable[[str], Any]
+    out: Path
+    extractors: dict[str, Any]
+    real: ImageSet
+    fake: ImageSet
+    train: ImageSet | None
+    fake_degenerate: np.ndarray | None = None
+    """Set by the degenerate-image section; medsd's own distances leave these fake images out."""
+
+    @property
+    def fig_dir(self) -> Path:
+        return self.out / "figures"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out / "cache"
+
+    def figure(self, path: str | Path) -> str:
+        """A figure's path as ``report.json`` records it (relative to the report)."""
+        return os.path.relpath(path, self.out)
 
 
-def sample_grid(images01: np.ndarray, path: str | Path, title: str, n: int = 16, seed: int = 0) -> str:
-    """A grid of ``n`` randomly chosen images (seeded) saved as PNG."""
-    import matplotlib
+@dataclass
+class SectionResult:
+    """One section of the report: its ``report.json`` entries, its figures and the exit code it asks for."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    entries: dict[str, Any]
+    figures: dict[str, str] = field(default_factory=dict)
+    exit_code: int = EXIT_OK
 
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(images01), min(n, len(images01)), replace=False))
-    cols = int(np.ceil(np.sqrt(len(idx))))
-    m = mosaic(images01[idx], cols)
-    fig, ax = plt.subplots(figsize=(6, 6 * m.shape[0] / m.shape[1] + 0.3))
-    ax.imshow(m, cmap="gray", vmin=0, vmax=1)
-    ax.axis("off")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    def markdown(self) -> list[str]:
+        """This section's part of ``report.md`` (the headline and the set list are the report's own)."""
+        from .report_markdown import section_markdown
+
+        return section_markdown(self.entries)
 
 
-def feature_plots(
-    real_z: np.ndarray, fake_z: np.ndarray, names: list[str] | None, path: str | Path, title: str
-) -> str:
-    """PCA scatter (fitted on real) + the features with the largest standardised mean difference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mu = real_z.mean(0)
-    _, _, vt = np.linalg.svd(real_z - mu, full_matrices=False)
-    pr, pf = (real_z - mu) @ vt[:2].T, (fake_z - mu) @ vt[:2].T
-    smd = fake_z.mean(0) - real_z.mean(0)
-    top = np.argsort(-np.abs(smd))[:12]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.scatter(pr[:, 0], pr[:, 1], s=6, alpha=0.6, label="real")
-    a.scatter(pf[:, 0], pf[:, 1], s=6, alpha=0.6, label="fake")
-    a.set_xlabel("PC1 (real)")
-    a.set_ylabel("PC2 (real)")
-    a.legend(fontsize=8)
-    a.set_title(title, fontsize=9)
-    labels = [names[i] if names and i < len(names) else f"f{i}" for i in top]
-    b.barh(range(len(top))[::-1], smd[top])
-    b.set_yticks(range(len(top))[::-1], labels, fontsize=7)
-    b.set_xlabel("fake mean - real mean (real std units)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+Section = Callable[[EvalInputs], "SectionResult | None"]
 
 
 def _split_real_for_downstream(real: ImageSet, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -260,47 +249,219 @@ def _split_real_for_downstream(real: ImageSet, seed: int) -> tuple[np.ndarray, n
     return np.flatnonzero(~test), np.flatnonzero(test)
 
 
-def c2st_section(real: np.ndarray, fake: np.ndarray, cfg: EvalConfig, log=print) -> dict:
+def quality_section(inp: EvalInputs) -> SectionResult:
+    """Degenerate images (counted apart and left out of medsd's own distances, so this section runs first),
+    diversity (mean pairwise MS-SSIM within each set) and edge sharpness."""
+    from .diversity import degenerate_mask, degenerate_rule, mean_pairwise_ms_ssim
+    from .paired import edge_sharpness
+
+    cfg, real, fake = inp.cfg, inp.real, inp.fake
+    real_deg = degenerate_mask(real.to_uint8(), size=cfg.size)
+    inp.fake_degenerate = fake_deg = degenerate_mask(fake.to_uint8(), size=cfg.size)
+    degenerate = {
+        "rule": degenerate_rule(cfg.size),
+        "real": int(real_deg.sum()),
+        "fake": int(fake_deg.sum()),
+        "real_fraction": float(real_deg.mean()) if len(real) else 0.0,
+        "fake_fraction": float(fake_deg.mean()) if len(fake) else 0.0,
+        "fake_indices": np.flatnonzero(fake_deg).tolist(),
+    }
+    diversity = {
+        "note": "mean pairwise MS-SSIM within the set; lower = more diverse; compare fake with real",
+        "real": mean_pairwise_ms_ssim(real.images, cfg.diversity_pairs, cfg.seed),
+        "fake": mean_pairwise_ms_ssim(fake.images, cfg.diversity_pairs, cfg.seed),
+    }
+    sharpness = {
+        "note": "mean Sobel gradient magnitude on [0, 1] images (not Med-cDiff's acutance)",
+        "real": edge_sharpness(real.images),
+        "fake": edge_sharpness(fake.images),
+    }
+    return SectionResult(
+        {"degenerate": degenerate, "diversity_ms_ssim": diversity, "edge_sharpness": sharpness}
+    )
+
+
+def c2st_section(inp: EvalInputs) -> SectionResult | None:
     """Classifier two-sample test real vs fake, and real vs real at the same size (the floor)."""
     from .c2st import c2st_floor, classifier_two_sample_test
 
+    cfg, real, fake = inp.cfg, inp.real.images, inp.fake.images
+    if not cfg.c2st:
+        return None
     floor_n = min(len(fake), len(real) // 2)  # the floor needs two disjoint real sets of this size
     if floor_n < 4:
-        return {
-            "skipped": f"too few images for a C2ST beside its floor (real {len(real)}, fake {len(fake)}; "
+        skipped = (
+            f"too few images for a C2ST beside its floor (real {len(real)}, fake {len(fake)}; "
             "needs at least 8 real and 4 fake)"
-        }
+        )
+        return SectionResult({"c2st": {"skipped": skipped}})
     opts = dict(folds=cfg.c2st_folds, epochs=cfg.c2st_epochs)
     result = classifier_two_sample_test(real, fake, n=floor_n, seed=cfg.seed, **opts)
     floor = c2st_floor(real, floor_n, draws=cfg.c2st_draws, seed=cfg.seed, **opts)
-    log(
+    inp.log(
         f"[c2st] real vs fake accuracy {result['accuracy']:.3f} {_ci(result['accuracy_ci95'])}, "
         f"AUROC {result['auroc']:.3f} (n={result['n_per_set']} per set); real vs real "
         + (f"{floor['accuracy']['mean']:.3f}" if "accuracy" in floor else "n/a")
     )
+    note = (
+        "a small CNN trained to tell real from fake; held-out accuracy over stratified folds "
+        "(0.5 = indistinguishable); real vs real: disjoint random real subsets of the same size"
+    )
+    return SectionResult({"c2st": {"note": note, "real_vs_fake": result, "real_vs_real": floor}})
+
+
+def _distance_names(name: str, standard: bool, scaling: str) -> dict[str, str]:
+    if standard:
+        return {"fd": "FID", "kid": "KID", "note": "standard FID/KID on raw features, all images"}
     return {
-        "note": "a small CNN trained to tell real from fake; held-out accuracy over stratified folds "
-        "(0.5 = indistinguishable); real vs real: disjoint random real subsets of the same size",
-        "real_vs_fake": result,
-        "real_vs_real": floor,
+        "fd": f"FD ({name})",
+        "kid": f"KD ({name})",
+        "note": f"medsd distance on {scaling}-scaled {name} features, degenerate images left out; "
+        "not comparable to published FID",
     }
 
 
-def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
-    """Run every metric; write ``report.json``, ``report.md`` and figures into ``cfg.out``.
+def _extractor_distances(inp: EvalInputs, name: str, ext: Any) -> tuple[dict, str]:
+    """(the distribution entry of one extractor, its feature figure)."""
+    from .distribution import distribution_metrics, scale_features, standardise
 
-    Returns ``(report, exit_code)``; exit code 3 when copies of training images were found (the caller decides
-    whether that fails the run). Raises :class:`MissingWeightsError` before any heavy work when an extractor
-    lacks weights.
-    """
-    t0 = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    cache_dir = out / "cache"
+    cfg = inp.cfg
+    fr = extract_features(inp.real.images, ext, inp.cache_dir, inp.real.fingerprint(), progress=cfg.progress)
+    ff = extract_features(inp.fake.images, ext, inp.cache_dir, inp.fake.fingerprint(), progress=cfg.progress)
+    standard = bool(getattr(ext, "standard", False))
+    scaling = getattr(ext, "scaling", "standard")
+    d = distribution_metrics(
+        fr,
+        ff,
+        k=cfg.k,
+        kid_subsets=cfg.kid_subsets,
+        kid_subset_size=cfg.kid_subset_size,
+        seed=cfg.seed,
+        scaling=scaling,
+        standard=standard,
+        fake_degenerate=inp.fake_degenerate,
+        reference_draws=cfg.reference_draws,
+    )
+    d["extractor"] = {"name": name, "config": ext.config}
+    d["names"] = _distance_names(name, standard, scaling)
+    rz, fz = standardise(fr, ff) if scaling == "raw" else scale_features(fr, ff, scaling=scaling)
+    names = ext.feature_names() if hasattr(ext, "feature_names") else None
+    smd = fz.mean(0) - rz.mean(0)
+    d["largest_feature_shifts"] = [
+        {"feature": names[i] if names else f"f{i}", "fake_minus_real_in_real_std": float(smd[i])}
+        for i in np.argsort(-np.abs(smd))[:10]
+    ]
+    safe = name.replace(":", "_").replace("/", "_")
+    title = f"{name} features (scaled by real)"
+    return d, feature_plots(rz, fz, names, inp.fig_dir / f"features_{safe}.png", title)
 
-    # 1. extractors first: fail fast and clearly when weights are missing
+
+def distribution_section(inp: EvalInputs) -> SectionResult:
+    """Fréchet distance, KID, precision and recall per feature extractor, each with a same-size reference."""
+    result = SectionResult({"distribution": {}})
+    for name, ext in inp.extractors.items():
+        d, figure = _extractor_distances(inp, name, ext)
+        safe = name.replace(":", "_").replace("/", "_")
+        result.figures[f"features_{safe}"] = inp.figure(figure)
+        result.entries["distribution"][name] = d
+        inp.log(
+            f"[{name}] {d['names']['fd']}={_f(d['frechet_distance'], 3)} {d['names']['kid']}={_f(d['kid'])} "
+            f"P={_f(d['precision'], 3)} R={_f(d['recall'], 3)} (degenerate fake images: {d['n_degenerate_fake']})"
+        )
+    return result
+
+
+def class_table_section(inp: EvalInputs) -> SectionResult | None:
+    """Synthetic vs real per common label (MSE, SSIM), when both sets have labels."""
+    from .paired import class_set_table
+
+    real, fake, cfg = inp.real, inp.fake, inp.cfg
+    if not (any(lab is not None for lab in real.labels) and any(lab is not None for lab in fake.labels)):
+        return None
+    table = class_set_table(
+        fake.images, fake.labels, real.images, real.labels, max_pairs=cfg.class_pairs, seed=cfg.seed
+    )
+    return SectionResult({"class_set_table": table})
+
+
+def paired_section(inp: EvalInputs) -> SectionResult | None:
+    """Image-to-image metrics of fake and real images matched by file name (``--paired``)."""
+    from .paired import paired_metrics
+
+    if not inp.cfg.paired:
+        return None
+    real, fake = inp.real, inp.fake
+    rmap = {Path(p).stem: i for i, p in enumerate(real.paths)}
+    pairs = [(i, rmap[Path(p).stem]) for i, p in enumerate(fake.paths) if Path(p).stem in rmap]
+    if not pairs:
+        return SectionResult({"paired": {"skipped": "no fake/real images with the same file name"}})
+    fi, ri = np.array(pairs).T
+    pm = paired_metrics(
+        fake.images[fi], real.images[ri], with_lpips=inp.cfg.lpips, lpips_weights=inp.cfg.lpips_weights
+    )
+    pm["n_pairs"] = len(pairs)
+    return SectionResult({"paired": pm})
+
+
+def memorisation_section(inp: EvalInputs) -> SectionResult | None:
+    """The memorisation audit against the training set (``--train``); exit code 3 when it finds copies."""
+    from .audit_report import memorisation_section as audit
+
+    if inp.train is None:
+        return None
+    mem, figures = audit(inp.fake, inp.train, inp.real, inp.cfg, inp.fig_dir, inp.out, inp.log)
+    return SectionResult({"memorisation": mem}, figures, EXIT_COPIES if mem["n_copies"] > 0 else EXIT_OK)
+
+
+def downstream_section(inp: EvalInputs) -> SectionResult | None:
+    """A classifier trained on synthetic, real or both, tested on held-out real patients (``--downstream``)."""
+    from .downstream import downstream_utility
+
+    cfg, real, fake = inp.cfg, inp.real, inp.fake
+    if not cfg.downstream:
+        return None
+    tr_idx, te_idx = _split_real_for_downstream(real, cfg.seed)
+    rtr, rte = real.subset(tr_idx), real.subset(te_idx)
+    train_sets = {
+        "synthetic": (fake.images, fake.labels),
+        "real": (rtr.images, rtr.labels),
+        "both": (np.concatenate([fake.images, rtr.images]), list(fake.labels) + list(rtr.labels)),
+    }
+    try:
+        result = downstream_utility(
+            train_sets, (rte.images, rte.labels), epochs=cfg.downstream_epochs, seed=cfg.seed
+        )
+    except ValueError as e:
+        result = {"skipped": str(e)}
+    return SectionResult({"downstream": result})
+
+
+def image_figures_section(inp: EvalInputs) -> SectionResult | None:
+    """A seeded grid of real and of fake images."""
+    if not inp.cfg.image_figures:
+        return None
+    figures = {}
+    for name, images in (("real", inp.real.images), ("fake", inp.fake.images)):
+        path = sample_grid(images, inp.fig_dir / f"samples_{name}.png", name, seed=inp.cfg.seed)
+        figures[f"samples_{name}"] = inp.figure(path)
+    return SectionResult({}, figures)
+
+
+SECTIONS: list[Section] = [
+    quality_section,
+    c2st_section,
+    distribution_section,
+    class_table_section,
+    paired_section,
+    memorisation_section,
+    downstream_section,
+    image_figures_section,
+]
+"""The report's sections, in the order they run and appear in ``report.json``."""
+
+
+def load_inputs(cfg: EvalConfig, log: Callable[[str], Any] = print) -> EvalInputs:
+    """Extractors first (missing weights fail before any heavy work), then the real, fake and train sets."""
     extractors = {
         name: get_extractor(
             name,
@@ -311,8 +472,6 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
         )
         for name in cfg.features
     }
-
-    # 2. images
     load = dict(
         size=cfg.size,
         label_column=cfg.label_column,
@@ -329,185 +488,64 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
     fake = load_subsampled(
         cfg.fake, label=cfg.fake_label, split=cfg.fake_split, max_images=cfg.max_images, **load
     )
-    train = (
-        load_subsampled(
+    train = None
+    if cfg.train:
+        train = load_subsampled(
             cfg.train, label=cfg.train_label, split=cfg.train_split, max_images=cfg.max_train_images, **load
         )
-        if cfg.train
-        else None
-    )
     log(f"loaded real={len(real)} fake={len(fake)}" + (f" train={len(train)}" if train else ""))
-    report: dict = {
+    return EvalInputs(cfg, log, Path(cfg.out), extractors, real, fake, train)
+
+
+def report_header(inp: EvalInputs) -> dict:
+    """The report's first entries: settings, preprocessing, subsampling and the sets."""
+    cfg = inp.cfg
+    settings = {
+        k: v if v is None or isinstance(v, (str, int, float, bool, list)) else f"<{type(v).__name__}>"
+        for k, v in asdict(cfg).items()
+    }
+    subsampling = (
+        "none"
+        if cfg.max_images is None and cfg.max_train_images is None
+        else f"real and fake at most {cfg.max_images} each, train at most {cfg.max_train_images}, seeded "
+        f"(seed {cfg.seed}), label-proportional and spread over patients when the source is a metadata CSV "
+        "(medsd.metrics.subsample)"
+    )
+    sets = {"real": _set_summary(inp.real), "fake": _set_summary(inp.fake)}
+    if inp.train is not None:
+        sets["train"] = _set_summary(inp.train)
+    return {
         "medsd_eval_version": 1,
-        "settings": _clean(
-            {
-                k: (
-                    v
-                    if v is None or isinstance(v, (str, int, float, bool, list))
-                    else f"<{type(v).__name__}>"
-                )
-                for k, v in asdict(cfg).items()
-            }
-        ),
+        "settings": _clean(settings),
         "preprocessing": "read as training reads (medsd.data.build_dataset): grayscale; each set's intensity "
         f"mapping (sets.*.intensity_mapping) to [0, 1]; short side resized (bilinear, antialiased) to {cfg.size} "
         "and centre-cropped square",
-        "subsampling": "none"
-        if cfg.max_images is None and cfg.max_train_images is None
-        else f"real and fake at most {cfg.max_images} each, train at most {cfg.max_train_images}, seeded (seed {cfg.seed}), label-proportional and spread over "
-        "patients when the source is a metadata CSV (medsd.metrics.subsample)",
-        "sets": {"real": _set_summary(real), "fake": _set_summary(fake)},
+        "subsampling": subsampling,
+        "sets": sets,
         "figures": {},
     }
-    if train is not None:
-        report["sets"]["train"] = _set_summary(train)
 
-    # 3. degenerate images first: they are counted apart and left out of medsd's own distances
-    from .diversity import degenerate_mask, degenerate_rule
 
-    real_deg = degenerate_mask(real.to_uint8(), size=cfg.size)
-    fake_deg = degenerate_mask(fake.to_uint8(), size=cfg.size)
-    report["degenerate"] = {
-        "rule": degenerate_rule(cfg.size),
-        "real": int(real_deg.sum()),
-        "fake": int(fake_deg.sum()),
-        "real_fraction": float(real_deg.mean()) if len(real) else 0.0,
-        "fake_fraction": float(fake_deg.mean()) if len(fake) else 0.0,
-        "fake_indices": np.flatnonzero(fake_deg).tolist(),
-    }
+def evaluate(cfg: EvalConfig, log=print, sections: list[Section] | None = None) -> tuple[dict, int]:
+    """Run every section (``sections``, default :data:`SECTIONS`); write ``report.json``, ``report.md`` and
+    figures into ``cfg.out``.
 
-    # 4. can a classifier tell them apart?
-    if cfg.c2st:
-        report["c2st"] = c2st_section(real.images, fake.images, cfg, log)
-
-    # 5. distribution metrics per extractor
-    from .distribution import distribution_metrics, scale_features, standardise
-
-    report["distribution"] = {}
-    for name, ext in extractors.items():
-        fr = extract_features(real.images, ext, cache_dir, real.fingerprint(), progress=cfg.progress)
-        ff = extract_features(fake.images, ext, cache_dir, fake.fingerprint(), progress=cfg.progress)
-        standard = bool(getattr(ext, "standard", False))
-        scaling = getattr(ext, "scaling", "standard")
-        d = distribution_metrics(
-            fr,
-            ff,
-            k=cfg.k,
-            kid_subsets=cfg.kid_subsets,
-            kid_subset_size=cfg.kid_subset_size,
-            seed=cfg.seed,
-            scaling=scaling,
-            standard=standard,
-            fake_degenerate=fake_deg,
-            reference_draws=cfg.reference_draws,
-        )
-        d["extractor"] = {"name": name, "config": ext.config}
-        d["names"] = (
-            {"fd": "FID", "kid": "KID", "note": "standard FID/KID on raw features, all images"}
-            if standard
-            else {
-                "fd": f"FD ({name})",
-                "kid": f"KD ({name})",
-                "note": f"medsd distance on {scaling}-scaled {name} features, degenerate images left out; "
-                "not comparable to published FID",
-            }
-        )
-        rz, fz = standardise(fr, ff) if scaling == "raw" else scale_features(fr, ff, scaling=scaling)
-        names = ext.feature_names() if hasattr(ext, "feature_names") else None
-        smd = fz.mean(0) - rz.mean(0)
-        top = np.argsort(-np.abs(smd))[:10]
-        d["largest_feature_shifts"] = [
-            {"feature": names[i] if names else f"f{i}", "fake_minus_real_in_real_std": float(smd[i])}
-            for i in top
-        ]
-        safe = name.replace(":", "_").replace("/", "_")
-        report["figures"][f"features_{safe}"] = os.path.relpath(
-            feature_plots(
-                rz, fz, names, fig_dir / f"features_{safe}.png", f"{name} features (scaled by real)"
-            ),
-            out,
-        )
-        report["distribution"][name] = d
-        log(
-            f"[{name}] {d['names']['fd']}={_f(d['frechet_distance'], 3)} {d['names']['kid']}={_f(d['kid'])} "
-            f"P={_f(d['precision'], 3)} R={_f(d['recall'], 3)} (degenerate fake images: {d['n_degenerate_fake']})"
-        )
-
-    # 5. diversity
-    from .diversity import mean_pairwise_ms_ssim
-
-    report["diversity_ms_ssim"] = {
-        "note": "mean pairwise MS-SSIM within the set; lower = more diverse; compare fake with real",
-        "real": mean_pairwise_ms_ssim(real.images, cfg.diversity_pairs, cfg.seed),
-        "fake": mean_pairwise_ms_ssim(fake.images, cfg.diversity_pairs, cfg.seed),
-    }
-
-    # 6. class-set table (synthetic vs real, per common label)
-    from .paired import class_set_table, edge_sharpness, paired_metrics
-
-    report["edge_sharpness"] = {
-        "note": "mean Sobel gradient magnitude on [0, 1] images (not Med-cDiff's acutance)",
-        "real": edge_sharpness(real.images),
-        "fake": edge_sharpness(fake.images),
-    }
-    if any(lab is not None for lab in real.labels) and any(lab is not None for lab in fake.labels):
-        report["class_set_table"] = class_set_table(
-            fake.images, fake.labels, real.images, real.labels, max_pairs=cfg.class_pairs, seed=cfg.seed
-        )
-
-    # 6. paired metrics (fake and real matched by file name)
-    if cfg.paired:
-        rmap = {Path(p).stem: i for i, p in enumerate(real.paths)}
-        pairs = [(i, rmap[Path(p).stem]) for i, p in enumerate(fake.paths) if Path(p).stem in rmap]
-        if not pairs:
-            report["paired"] = {"skipped": "no fake/real images with the same file name"}
-        else:
-            fi, ri = np.array(pairs).T
-            pm = paired_metrics(
-                fake.images[fi], real.images[ri], with_lpips=cfg.lpips, lpips_weights=cfg.lpips_weights
-            )
-            pm["n_pairs"] = len(pairs)
-            report["paired"] = pm
-
-    # 7. memorisation audit
+    Returns ``(report, exit_code)``; exit code 3 when copies of training images were found (the caller decides
+    whether that fails the run). Raises :class:`MissingWeightsError` before any heavy work when an extractor
+    lacks weights.
+    """
+    t0 = time.time()
+    out = Path(cfg.out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    inp = load_inputs(cfg, log)
+    report = report_header(inp)
     exit_code = EXIT_OK
-    if train is not None:
-        from .audit_report import memorisation_section
-
-        report["memorisation"], figures = memorisation_section(fake, train, real, cfg, fig_dir, out, log)
-        report["figures"].update(figures)
-        exit_code = EXIT_COPIES if report["memorisation"]["n_copies"] > 0 else EXIT_OK
-
-    # 8. downstream utility
-    if cfg.downstream:
-        from .downstream import downstream_utility
-
-        tr_idx, te_idx = _split_real_for_downstream(real, cfg.seed)
-        rtr, rte = real.subset(tr_idx), real.subset(te_idx)
-        both_x = np.concatenate([fake.images, rtr.images])
-        try:
-            report["downstream"] = downstream_utility(
-                {
-                    "synthetic": (fake.images, fake.labels),
-                    "real": (rtr.images, rtr.labels),
-                    "both": (both_x, list(fake.labels) + list(rtr.labels)),
-                },
-                (rte.images, rte.labels),
-                epochs=cfg.downstream_epochs,
-                seed=cfg.seed,
-            )
-        except ValueError as e:
-            report["downstream"] = {"skipped": str(e)}
-
-    # 9. image figures
-    if cfg.image_figures:
-        report["figures"]["samples_real"] = os.path.relpath(
-            sample_grid(real.images, fig_dir / "samples_real.png", "real", seed=cfg.seed), out
-        )
-        report["figures"]["samples_fake"] = os.path.relpath(
-            sample_grid(fake.images, fig_dir / "samples_fake.png", "fake", seed=cfg.seed), out
-        )
-
+    for section in SECTIONS if sections is None else sections:
+        result = section(inp)
+        if result is not None:
+            report.update(result.entries)
+            report["figures"].update(result.figures)
+            exit_code = max(exit_code, result.exit_code)
     report["runtime_s"] = round(time.time() - t0, 1)
     report["environment"] = {"python": platform.python_version(), "numpy": np.__version__}
     report = _clean(report)

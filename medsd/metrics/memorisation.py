@@ -195,16 +195,7 @@ def memorisation_audit(
     if len(new) and not new.all():
         notes.append(f"{int((~new).sum())} held-out images share a patient with training (left out)")
         heldout01 = heldout01[new]
-    need = int(np.ceil(1 / quantile))
-    if len(heldout01) < max(need, 2):
-        reasons.append(
-            f"{len(heldout01)} held-out images are too few to calibrate the {quantile:g} quantile (need {need})"
-        )
-    if len(heldout01) >= 2:
-        held = {d.name: d.search(heldout01, indexes[d.name]) for d in detectors}
-        cal = calibrate(held, quantile)
-    else:
-        held, cal = {}, {"quantile": quantile, "thresholds": {d.name: 0.0 for d in detectors}, "n_heldout": 0}
+    held, cal = _calibrate_on_heldout(heldout01, detectors, indexes, quantile, reasons)
     if ncc_threshold is not None:
         cal["thresholds"][detectors[0].name] = 1.0 - ncc_threshold
         cal["fixed_ncc_threshold"] = ncc_threshold
@@ -215,7 +206,7 @@ def memorisation_audit(
     if not test["passed"]:
         reasons.append(f"self-test recall below {min_recall:g} for: {', '.join(test['failed'])}")
     copies = [_copy_entry(i, int(index[i]), by[i], gen, train_patients) for i in np.flatnonzero(flagged)]
-    out = {
+    return {
         "version": AUDIT_VERSION,
         "valid": not reasons,
         "problems": reasons,
@@ -243,7 +234,21 @@ def memorisation_audit(
         "copies": copies,
         "_arrays": {"generated": gen, "heldout": held},
     }
-    return out
+
+
+def _calibrate_on_heldout(
+    heldout01: np.ndarray, detectors: list, indexes: dict, quantile: float, reasons: list[str]
+) -> tuple[dict, dict]:
+    """(held-out search results, calibration); appends to ``reasons`` when there are too few images."""
+    need = int(np.ceil(1 / quantile))
+    if len(heldout01) < max(need, 2):
+        reasons.append(
+            f"{len(heldout01)} held-out images are too few to calibrate the {quantile:g} quantile (need {need})"
+        )
+    if len(heldout01) < 2:
+        return {}, {"quantile": quantile, "thresholds": {d.name: 0.0 for d in detectors}, "n_heldout": 0}
+    held = {d.name: d.search(heldout01, indexes[d.name]) for d in detectors}
+    return held, calibrate(held, quantile)
 
 
 def _copy_entry(i: int, train_index: int, by: list[str], gen: dict, train_patients) -> dict:

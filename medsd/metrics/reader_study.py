@@ -2,7 +2,7 @@
 
 Designs:
 
-- ``mixed`` (old name ``single``): real and synthetic images shuffled into ``cases/case_0001.png ...``; each reader
+- ``mixed``: real and synthetic images shuffled into ``cases/case_0001.png ...``; each reader
   fills ``answer_sheet.csv`` (``case_id,stratum,answer,findings``; answer ``real``, ``fake`` or ``unsure``,
   findings free text).
 - ``all_synthetic``: every case is synthetic (the design of "Spot the fake lungs": e.g. 20 X-ray and 20 CT cases),
@@ -24,6 +24,7 @@ import json
 from collections import Counter
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,72 @@ def _as_strata(x, sources, what: str) -> dict:
     return out
 
 
+CASE_INSTRUCTIONS = (
+    "For each case write real, fake or unsure in the answer column, and anything you see (findings, "
+    "artefacts, why you decided) in the findings column."
+)
+PAIR_INSTRUCTIONS = (
+    "For each pair write A or B (the image you think is real) or unsure in the answer column, and "
+    "anything you see in the findings column."
+)
+
+
+def _pick(rng: np.random.Generator, arr: Any, n: int) -> np.ndarray:
+    return np.sort(rng.choice(len(arr), n, replace=False))
+
+
+def _export_cases(
+    fakes: dict, reals: dict, design: str, n_each: int | None, rng: np.random.Generator, out: Path
+):
+    """Single images shuffled into ``cases/`` (mixed or all synthetic): (key rows, counts, instructions)."""
+    cases, key_rows, counts = [], [], {}
+    for st in sorted(fakes):
+        fa, fs = fakes[st]
+        if design == "mixed":
+            ra, rs = reals[st]
+            n = min(len(ra), len(fa)) if n_each is None else min(n_each, len(ra), len(fa))
+            cases += [(st, "real", ra[i], rs[i]) for i in _pick(rng, ra, n)]
+            counts[st] = {"real": int(n), "fake": int(n)}
+        else:
+            n = len(fa) if n_each is None else min(n_each, len(fa))
+            counts[st] = {"real": 0, "fake": int(n)}
+        cases += [(st, "fake", fa[i], fs[i]) for i in _pick(rng, fa, n)]
+    (out / "cases").mkdir(exist_ok=True)
+    for k, j in enumerate(rng.permutation(len(cases)), 1):
+        st, truth, img, src = cases[j]
+        cid = f"case_{k:04d}"
+        _save_png(img, out / "cases" / f"{cid}.png")
+        key_rows.append({"case_id": cid, "stratum": st, "truth": truth, "source": src})
+    return key_rows, counts, CASE_INSTRUCTIONS
+
+
+def _export_pairs(
+    fakes: dict, reals: dict, design: str, n_each: int | None, rng: np.random.Generator, out: Path
+):
+    """Real/fake pairs in ``pairs/`` (2afc), the real side drawn at random: like :func:`_export_cases`."""
+    pairs, key_rows, counts = [], [], {}
+    (out / "pairs").mkdir(exist_ok=True)
+    for st in sorted(fakes):
+        (fa, fs), (ra, rs) = fakes[st], reals[st]
+        n = min(len(ra), len(fa)) if n_each is None else min(n_each, len(ra), len(fa))
+        pairs += [
+            (st, r, f) for r, f in zip(rng.permutation(_pick(rng, ra, n)), rng.permutation(_pick(rng, fa, n)))
+        ]
+        counts[st] = {"real": int(n), "fake": int(n)}
+    for k, j in enumerate(rng.permutation(len(pairs)), 1):
+        st, r, f = pairs[j]
+        (fa, fs), (ra, rs) = fakes[st], reals[st]
+        cid = f"pair_{k:04d}"
+        real_side = "A" if rng.random() < 0.5 else "B"
+        a, b = (ra[r], fa[f]) if real_side == "A" else (fa[f], ra[r])
+        _save_png(a, out / "pairs" / f"{cid}_A.png")
+        _save_png(b, out / "pairs" / f"{cid}_B.png")
+        key_rows.append(
+            {"case_id": cid, "stratum": st, "truth": real_side, "source": f"real={rs[r]};fake={fs[f]}"}
+        )
+    return key_rows, counts, PAIR_INSTRUCTIONS
+
+
 def export_reader_study(
     real01,
     fake01,
@@ -72,10 +139,8 @@ def export_reader_study(
     ``real01`` / ``fake01``: ``[N, H, W]`` arrays in [0, 1], or ``{stratum: array}`` for per-modality strata
     (``real01`` may be None for ``all_synthetic``). ``n_each``: cases per class and stratum (all by default).
     """
-    if design == "single":
-        design = "mixed"
     if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS} (or 'single'), got {design!r}")
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     fakes = _as_strata(fake01, fake_sources, "fake")
     reals = _as_strata(real01, real_sources, "real")
     if not fakes:
@@ -87,59 +152,11 @@ def export_reader_study(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    key_rows, sheet_rows, counts = [], [], {}
-
-    def pick(arr, n):
-        return np.sort(rng.choice(len(arr), n, replace=False))
-
-    if design in ("mixed", "all_synthetic"):
-        cases = []
-        for st in sorted(fakes):
-            fa, fs = fakes[st]
-            if design == "mixed":
-                ra, rs = reals[st]
-                n = min(len(ra), len(fa)) if n_each is None else min(n_each, len(ra), len(fa))
-                cases += [(st, "real", ra[i], rs[i]) for i in pick(ra, n)]
-                counts[st] = {"real": int(n), "fake": int(n)}
-            else:
-                n = len(fa) if n_each is None else min(n_each, len(fa))
-                counts[st] = {"real": 0, "fake": int(n)}
-            cases += [(st, "fake", fa[i], fs[i]) for i in pick(fa, n)]
-        (out / "cases").mkdir(exist_ok=True)
-        for k, j in enumerate(rng.permutation(len(cases)), 1):
-            st, truth, img, src = cases[j]
-            cid = f"case_{k:04d}"
-            _save_png(img, out / "cases" / f"{cid}.png")
-            key_rows.append({"case_id": cid, "stratum": st, "truth": truth, "source": src})
-            sheet_rows.append({"case_id": cid, "stratum": st, "answer": "", "findings": ""})
-        instructions = (
-            "For each case write real, fake or unsure in the answer column, and anything you see (findings, "
-            "artefacts, why you decided) in the findings column."
-        )
-    else:
-        (out / "pairs").mkdir(exist_ok=True)
-        pairs = []
-        for st in sorted(fakes):
-            (fa, fs), (ra, rs) = fakes[st], reals[st]
-            n = min(len(ra), len(fa)) if n_each is None else min(n_each, len(ra), len(fa))
-            pairs += [(st, r, f) for r, f in zip(rng.permutation(pick(ra, n)), rng.permutation(pick(fa, n)))]
-            counts[st] = {"real": int(n), "fake": int(n)}
-        for k, j in enumerate(rng.permutation(len(pairs)), 1):
-            st, r, f = pairs[j]
-            (fa, fs), (ra, rs) = fakes[st], reals[st]
-            cid = f"pair_{k:04d}"
-            real_side = "A" if rng.random() < 0.5 else "B"
-            a, b = (ra[r], fa[f]) if real_side == "A" else (fa[f], ra[r])
-            _save_png(a, out / "pairs" / f"{cid}_A.png")
-            _save_png(b, out / "pairs" / f"{cid}_B.png")
-            key_rows.append(
-                {"case_id": cid, "stratum": st, "truth": real_side, "source": f"real={rs[r]};fake={fs[f]}"}
-            )
-            sheet_rows.append({"case_id": cid, "stratum": st, "answer": "", "findings": ""})
-        instructions = (
-            "For each pair write A or B (the image you think is real) or unsure in the answer column, and "
-            "anything you see in the findings column."
-        )
+    export = _export_cases if design in ("mixed", "all_synthetic") else _export_pairs
+    key_rows, counts, instructions = export(fakes, reals, design, n_each, rng, out)
+    sheet_rows = [
+        {"case_id": r["case_id"], "stratum": r["stratum"], "answer": "", "findings": ""} for r in key_rows
+    ]
     _write_csv(out / "answer_sheet.csv", sheet_rows, ["case_id", "stratum", "answer", "findings"])
     _write_csv(out / "key.csv", key_rows, ["case_id", "stratum", "truth", "source"])
     info = {
@@ -174,10 +191,6 @@ def read_answer_sheet(path: str | Path) -> dict[str, tuple[str, str]]:
             r["case_id"]: ((r.get("answer") or "").strip().lower(), (r.get("findings") or "").strip())
             for r in csv.DictReader(f)
         }
-
-
-def _read_answers(path: str | Path) -> dict[str, str]:
-    return {k: v[0] for k, v in read_answer_sheet(path).items()}
 
 
 def cohen_kappa(a: list[str], b: list[str]) -> float:

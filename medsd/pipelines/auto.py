@@ -144,7 +144,7 @@ class MedPipeline:
             raise _unsupported(folder, name)
         if klass.__name__ == "TextToXRayPipeline":
             kwargs.setdefault("safety_checker", None)
-            if not index.get("medsd_metadata"):  # a plain SD folder, or one merged by medsd <= 0.3
+            if not index.get("medsd_metadata"):  # a plain SD folder: the LoRA's own files may say
                 info = read_lora_info(folder) or {}
                 kwargs.setdefault("medsd_metadata", info)
                 kwargs.setdefault("intensity_mapping", intensity_mapping_of(folder, info))

@@ -38,8 +38,6 @@ from medsd.errors import MedsdConfigError
 from medsd.models.light_unet import LightUNet2DModel
 
 from .folder import (
-    LEGACY_INTENSITY_FILE,
-    LEGACY_METADATA_FILE,
     SHIM_MODULE,
     ModelFolderError,
     check_pipeline_folder,
@@ -138,9 +136,7 @@ class MedPipelineMixin:
         A Hub id is downloaded first (``revision``, ``token``, ``cache_dir``, ``local_files_only``). The folder
         is checked by :func:`medsd.pipelines.folder.check_pipeline_folder`: no code from it is run (the class
         is this one, from the installed medsd), components come from allowed libraries only, and pickle
-        weights are refused unless ``allow_pickle=True``. Folders saved by medsd <= 0.3
-        (``intensity_mapping.json`` / ``medsd.json`` side files) are read too.
-        """
+        weights are refused unless ``allow_pickle=True``."""
         if kwargs.pop("trust_remote_code", False):
             raise MedsdConfigError(
                 "trust_remote_code: medsd never runs code that comes with a model folder; open the folder with "
@@ -156,7 +152,6 @@ class MedPipelineMixin:
                 )
             kwargs["use_safetensors"] = True
         pipe = super().from_pretrained(folder, **kwargs)  # type: ignore[misc]
-        _read_legacy_side_files(pipe, folder)
         return pipe
 
     @classmethod
@@ -186,14 +181,6 @@ class MedUNetPipeline(MedPipelineMixin, DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_medsd_state(intensity_mapping, medsd_metadata)
-
-
-def _read_legacy_side_files(pipe: Any, folder: Path) -> None:
-    """Side files of folders saved by medsd <= 0.3 (checked by ``check_medsd_state`` before loading)."""
-    if pipe.config.get("intensity_mapping") is None and (folder / LEGACY_INTENSITY_FILE).is_file():
-        pipe.intensity_mapping = json.loads((folder / LEGACY_INTENSITY_FILE).read_text())
-    if not pipe.config.get("medsd_metadata") and (folder / LEGACY_METADATA_FILE).is_file():
-        pipe.medsd_metadata = json.loads((folder / LEGACY_METADATA_FILE).read_text())
 
 
 __all__ = [

@@ -31,9 +31,8 @@ MODEL_INDEX = "model_index.json"
 SHIM_MODULE = "pipeline_medsd"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 LORA_INFO_FILE = "medsd_lora.json"
-# folders saved before the mapping moved into the config (read, never written)
-LEGACY_INTENSITY_FILE = "intensity_mapping.json"
-LEGACY_METADATA_FILE = "medsd.json"
+INTENSITY_FILE = "intensity_mapping.json"
+"""An intensity mapping beside a LoRA (the mapping of a pipeline lives in ``model_index.json``)."""
 ACCELERATE_STATE_FILES = ("optimizer.bin", "scheduler.bin", "random_states_0.pkl")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 COMPONENT_LIBRARIES = ("diffusers", "transformers")
@@ -194,20 +193,12 @@ def check_intensity_mapping(value: Any, where: str) -> None:
 
 
 def check_medsd_state(folder: Path, index: dict[str, Any]) -> None:
-    """``intensity_mapping`` and ``medsd_metadata`` in ``model_index.json`` (or the legacy side files)."""
+    """``intensity_mapping`` and ``medsd_metadata`` in ``model_index.json``."""
     index_path = folder / MODEL_INDEX
     check_intensity_mapping(index.get("intensity_mapping"), f"{index_path}: 'intensity_mapping'")
     meta = index.get("medsd_metadata")
     if meta is not None and not isinstance(meta, dict):
         raise ModelFolderError(f"{index_path}: 'medsd_metadata' must be an object, got {meta!r}")
-    legacy = folder / LEGACY_INTENSITY_FILE
-    if index.get("intensity_mapping") is None and legacy.is_file():
-        value = read_json_file(legacy, "an intensity mapping object")
-        check_intensity_mapping(value, str(legacy))
-    legacy_meta = folder / LEGACY_METADATA_FILE
-    if not meta and legacy_meta.is_file():
-        if not isinstance(read_json_file(legacy_meta, "a JSON object"), dict):
-            raise ModelFolderError(f"{legacy_meta}: expected a JSON object of medsd metadata")
 
 
 def check_pipeline_folder(

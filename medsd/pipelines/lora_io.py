@@ -16,7 +16,7 @@ from medsd.data.intensity import mapping_from_dict
 from medsd.errors import MedsdConfigError
 
 from .folder import (
-    LEGACY_INTENSITY_FILE,
+    INTENSITY_FILE,
     LORA_INFO_FILE,
     LORA_WEIGHTS_FILE,
     check_intensity_mapping,
@@ -25,18 +25,11 @@ from .folder import (
 )
 from .output import looks_like_path
 
-INTENSITY_FILE = LEGACY_INTENSITY_FILE
-
 
 def read_lora_info(folder: str | os.PathLike) -> dict[str, Any] | None:
     """``medsd_lora.json`` of a folder (checked: a JSON object with a valid mapping), or None when it has none."""
     folder = Path(folder)
     return check_lora_folder(folder) if (folder / LORA_INFO_FILE).is_file() else None
-
-
-def is_lora_folder(folder: str | os.PathLike) -> bool:
-    folder = Path(folder)
-    return (folder / LORA_WEIGHTS_FILE).is_file() and not (folder / "model_index.json").is_file()
 
 
 def intensity_mapping_of(folder: str | os.PathLike, info: dict[str, Any] | None = None) -> Any:

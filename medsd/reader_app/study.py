@@ -77,7 +77,6 @@ def _read_design(root: Path) -> str:
         design = json.loads(info_path.read_text()).get("design")
     except (json.JSONDecodeError, AttributeError):
         raise StudyFolderError(f"{info_path}: not a JSON object with a 'design' field") from None
-    design = "mixed" if design == "single" else design
     if design not in CHOICES:
         raise StudyFolderError(f"{info_path}: design {design!r} is not one of {sorted(CHOICES)}")
     return design

@@ -19,7 +19,8 @@ from medsd.flags import flag
 from .config import TrainConfig
 from .core import Trainer
 from .data_args import DataArgs, build_training_data
-from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
+from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask
+from .recipe import recipe_main
 
 
 @dataclasses.dataclass
@@ -180,18 +181,12 @@ class CDDPMTask(UNetDiffusionTask):
 
 def restoration_grid(rows: list[torch.Tensor], pad: int = 2) -> Any:
     """One PIL image: each tensor ``[N, 1, H, W]`` in [-1, 1] is a row (e.g. condition | sample | target)."""
-    from PIL import Image
-
+    from medsd.metrics.figures import image_grid
     from medsd.pipelines.output import postprocess
 
-    rows = [r.float().clamp(-1, 1) for r in rows]
     n = max(r.shape[0] for r in rows)
-    h, w = rows[0].shape[-2:]
-    grid = Image.new("L", (n * w + (n - 1) * pad, len(rows) * h + (len(rows) - 1) * pad), 255)
-    for ri, r in enumerate(rows):
-        for ci, im in enumerate(postprocess(r, "pil")):
-            grid.paste(im, (ci * (w + pad), ri * (h + pad)))
-    return grid
+    images = [im for r in rows for im in postprocess(r.float().clamp(-1, 1), "pil")]
+    return image_grid(images, cols=n, pad=pad, background=255)
 
 
 def train_cddpm(config: CDDPMTrainConfig):

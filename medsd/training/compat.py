@@ -49,23 +49,6 @@ def check_text_encoder_lora_support() -> None:
         )
 
 
-def reset_accelerate_state() -> None:
-    """Forget accelerate's process-wide state, so a second in-process run may use another precision.
-
-    accelerate has no public call for this; its own tests use the private ``_reset_state`` methods,
-    which this adapter checks for.
-    """
-    from accelerate.state import AcceleratorState, GradientState
-
-    if not (hasattr(AcceleratorState, "_reset_state") and hasattr(GradientState, "_reset_state")):
-        raise IncompatibleVersionsError(
-            f"accelerate {metadata.version('accelerate')} has no AcceleratorState._reset_state; "
-            f"{TESTED_SET_HINT}"
-        )
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def parse_launch_config(config_file: str, script: str = "train.py") -> tuple[Any, Any, Any]:
     """``accelerate launch --config_file CONFIG SCRIPT`` parsed and validated as accelerate does it.
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from medsd.errors import MedsdConfigError, MedsdError
+from medsd.metrics.figures import image_grid, save_loss_curve
 from medsd.run_folder import CHECKPOINT_PREFIX, FINISHED_MARKERS, RUN_FINISHED, RunFolder
 
 from .batches import BatchIndexStream, batch_stream, first_batch_indices
@@ -35,7 +36,6 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import TrainConfig, save_config
-from .figures import image_grid, save_loss_curve
 from .run_guard import (
     OutputDirLock,
     apply_config_to_state,

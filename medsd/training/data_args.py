@@ -75,18 +75,10 @@ class DeviceAugmentedCache:
         return self
 
     def get_batch(self, indices: Any, device: Any = None) -> dict:
-        import torch
-
-        from medsd.data.transforms import random_affine
+        from medsd.data.transforms import augment_batch
 
         batch = self.cache.get_batch(indices, device)
-        x = batch["pixel_values"]
-        if self.affine:
-            x = random_affine(x)
-        if self.hflip:
-            flip = (torch.rand(x.shape[0]) < 0.5).to(x.device)[:, None, None, None]
-            x = x.flip(-1).where(flip, x)
-        batch["pixel_values"] = x
+        batch["pixel_values"] = augment_batch(batch["pixel_values"], self.affine, self.hflip)
         return batch
 
 
@@ -104,18 +96,21 @@ def select_labels(dataset: Any, labels: str) -> Any:
     return dataset.select(keep)
 
 
-def build_training_data(args: Any, cache: bool | None = None) -> tuple[Any, Any]:
-    """(dataset, intensity mapping).
+def build_training_data(args: Any, cache: bool | None = None, *, augment: bool = True) -> tuple[Any, Any]:
+    """(dataset, intensity mapping) of a family's ``DataArgs``: the one road from data flags to training data.
 
     With ``cache_images_on_device`` (default) the images are decoded once into a uint8 tensor that the
-    core moves to the training device; jitter and flips then run there, batch by batch.
+    core moves to the training device; jitter and flips then run there, batch by batch. With
+    ``augment=False`` the items come without jitter or flips: the caller augments batches itself
+    (``medsd.data.transforms.augment_batch``), e.g. after caching them in another form.
     """
     from medsd.data import UInt8ImageCache, build_dataset
 
     use_cache = getattr(args, "cache_images_on_device", False) if cache is None else cache
     use_cache = use_cache and not args.streaming and args.crop == "center"
     # with the cache, jitter and flips run per batch on the device, not once in the cache
-    cfg = args.data_config(**({"affine": False, "hflip": False} if use_cache else {}))
+    plain = use_cache or not augment
+    cfg = args.data_config(**({"affine": False, "hflip": False} if plain else {}))
     dataset, mapping = build_dataset(cfg)
     skipped = list(getattr(dataset, "skipped", []) or [])
     if args.train_labels:

@@ -11,10 +11,11 @@ from torch import nn
 
 from medsd.flags import Alias, flag
 
-from .config import TrainConfig, steps_for_epochs, with_epochs  # noqa: F401 - steps_for_epochs: public here before
+from .config import TrainConfig, with_epochs
 from .core import Trainer
 from .data_args import DataArgs, build_training_data
-from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask, recipe_main
+from .diffusion_task import UNetDiffusionArgs, UNetDiffusionTask
+from .recipe import recipe_main
 
 
 def _hf_source(name: str) -> str:

@@ -1,4 +1,4 @@
-"""What the two U-Net diffusion families (DDPM, cDDPM) share: the task skeleton and the recipe entry point.
+"""What the two U-Net diffusion families (DDPM, cDDPM) share: the task skeleton.
 
 A :class:`UNetDiffusionTask` trains one U-Net ``unet`` with the shared prediction target; the families say
 only what differs: the condition the U-Net sees (none for DDPM), the pipeline that renders and saves, the
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ from torch import nn
 
 from medsd.flags import flag
 
-from .config import parse_config
-from .core import TrainingTask, TrainResult, diffusion_target
+from .core import TrainingTask, diffusion_target
 from .model_card import write_model_card
 from .task import PREDICTION_TYPES
 
@@ -160,13 +158,3 @@ class UNetDiffusionTask(TrainingTask):
     def save(self, output_dir: Path, modules: dict[str, nn.Module], accelerator: Any) -> None:
         self.pipeline(modules["unet"]).save_pretrained(output_dir)
         write_model_card(output_dir, **self.model_card(output_dir))
-
-
-def recipe_main(
-    config_cls: type, train_fn: Callable[[Any], TrainResult], prog: str, argv: list[str] | None = None
-) -> int:
-    """``medsd train FAMILY`` / ``recipes/train_FAMILY.py``: parse flags (and ``--config`` YAML), train, say where."""
-    config = parse_config(config_cls, argv, prog=prog, check=False)  # checked once, by Trainer.from_config
-    result = train_fn(config)
-    print(f"pipeline saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
-    return 0

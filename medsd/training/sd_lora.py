@@ -24,27 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import parse_config, with_epochs
+from .config import with_epochs
 from .core import Trainer, TrainingTask, TrainResult, diffusion_target, weight_dtype_for
+from .recipe import recipe_main
 from .sd_lora_config import (
-    CAPTION_COLUMN_CANDIDATES,
-    DEFAULT_BASE_MODEL,
-    IMAGE_COLUMN_CANDIDATES,
-    TEXT_ENCODER_TARGET_MODULES,
-    UNET_TARGET_MODULES,
     SDLoRATrainConfig,
-    resolve_data_args,
 )
 from .sd_lora_data import (
     SDStreamingDataset,
-    SDTensorDataset,
     build_source_dataset,
     build_tensor_dataset,
-    prompt_of,
     to_vae_input,
-    tokenize,
+    uses_tensor_cache,
 )
-from .sd_lora_io import LoRACheckpointHooks, lora_state_dicts, save_lora_weights, write_sd_lora_model_card
+from .sd_lora_io import LoRACheckpointHooks, save_lora_weights, write_sd_lora_model_card
 
 logger = logging.getLogger("medsd.training.sd_lora")
 
@@ -166,10 +159,10 @@ class SDLoRATask(TrainingTask):
 
     def train_dataset(self) -> Any:
         cfg = self.config
-        if not (cfg.cache_latents or cfg.cache_text_embeddings or cfg.cache_images_on_device):
+        if not uses_tensor_cache(cfg):
             return SDStreamingDataset(self.source, self.tokenizer)
         device = self.accelerator.device if self.accelerator is not None else torch.device("cpu")
-        self._flip_in_loss = cfg.hflip and not cfg.cache_latents
+        self._augment_batches = not cfg.cache_latents
         return build_tensor_dataset(
             self.source, cfg, self.vae, self.tokenizer, self.text_encoder, device, self.weight_dtype
         )
@@ -222,7 +215,7 @@ class SDLoRATask(TrainingTask):
         return postprocess(images, "pil")
 
     def save(self, output_dir: Path, modules: dict[str, nn.Module], accelerator: Any) -> None:
-        from medsd.pipelines.lora_io import LORA_INFO_FILE, export_merged_pipeline
+        from medsd.pipelines.lora_io import INTENSITY_FILE, LORA_INFO_FILE, export_merged_pipeline
 
         cfg = self.config
         save_lora_weights(output_dir, modules["unet"], modules.get("text_encoder"))
@@ -230,7 +223,7 @@ class SDLoRATask(TrainingTask):
         with open(output_dir / LORA_INFO_FILE, "w") as f:
             json.dump(info, f, indent=1)
         if self.mapping is not None:
-            self.mapping.save(output_dir / "intensity_mapping.json")
+            self.mapping.save(output_dir / INTENSITY_FILE)
         if cfg.export_merged:
             export_merged_pipeline(output_dir, output_dir / "merged")
         prompts = self.validation_prompts()
@@ -337,25 +330,26 @@ class SDLoRATask(TrainingTask):
         return gray
 
     def _latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        from medsd.data.transforms import augment_batch, random_hflip
+
         sf = self.vae.config.scaling_factor
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         if "latent_mean" in batch:
-            mean, std = batch["latent_mean"].float(), batch["latent_std"].float()
+            dist = torch.cat([batch["latent_mean"], batch["latent_std"]], 1).float()
             if "latent_mean_flipped" in batch:
-                flip = (torch.rand(mean.shape[0], device=mean.device) < 0.5)[:, None, None, None]
-                mean = torch.where(flip, batch["latent_mean_flipped"].float(), mean)
-                std = torch.where(flip, batch["latent_std_flipped"].float(), std)
+                mirrored = torch.cat([batch["latent_mean_flipped"], batch["latent_std_flipped"]], 1).float()
+                dist = random_hflip(dist, mirrored=mirrored)
+            mean, std = dist.chunk(2, dim=1)
             return (mean + std * torch.randn_like(mean) - shift) * sf
         pixels = batch["pixel_values"]
-        if self._flip_in_loss:
-            flip = (torch.rand(pixels.shape[0], device=pixels.device) < 0.5)[:, None, None, None]
-            pixels = torch.where(flip, pixels.flip(-1), pixels)
+        if self._augment_batches:
+            pixels = augment_batch(pixels.float(), self.config.affine, self.config.hflip)
         pixels = to_vae_input(pixels.to(self.vae.dtype))
         with torch.no_grad():
             latents = self.vae.encode(pixels).latent_dist.sample()
         return (latents.float() - shift) * sf
 
-    _flip_in_loss = False
+    _augment_batches = False
 
 
 def train_sd_lora(config: SDLoRATrainConfig) -> TrainResult:
@@ -365,31 +359,7 @@ def train_sd_lora(config: SDLoRATrainConfig) -> TrainResult:
 
 def main(argv: list[str] | None = None) -> int:
     """``medsd train sd-lora`` / ``recipes/finetune_sd_xray.py``: parse flags (and --config YAML), train."""
-    config = parse_config(  # checked once, by Trainer.from_config
-        SDLoRATrainConfig,
-        argv,
-        description=SDLoRATrainConfig.__doc__,
-        prog="medsd train sd-lora",
-        check=False,
-    )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = train_sd_lora(config)
-    print(f"LoRA saved to {result.output_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
-    return 0
+    return recipe_main(SDLoRATrainConfig, train_sd_lora, "medsd train sd-lora", argv, saved="LoRA")
 
 
 __all__ = ["SDLoRATrainConfig", "SDLoRATask", "train_sd_lora", "main", "to_vae_input", "build_source_dataset"]
-# re-exported from the modules this one was split into (they were defined here before)
-__all__ += [
-    "CAPTION_COLUMN_CANDIDATES",
-    "DEFAULT_BASE_MODEL",
-    "IMAGE_COLUMN_CANDIDATES",
-    "TEXT_ENCODER_TARGET_MODULES",
-    "UNET_TARGET_MODULES",
-    "SDStreamingDataset",
-    "SDTensorDataset",
-    "lora_state_dicts",
-    "prompt_of",
-    "resolve_data_args",
-    "tokenize",
-]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from medsd.data.build import PHANTOM_SOURCES, parse_source
+from medsd.data.build import DataConfig, parse_source, source_columns
+from medsd.data.errors import MedImageError
 from medsd.flags import flag
 
 from .config import TrainConfig
@@ -108,32 +109,27 @@ class SDLoRATrainConfig(DataArgs, TrainConfig):
     )
 
     def resolved_train_data(self) -> str:
-        """The DataArgs ``train_data`` string that train_data_dir / dataset_name stand for."""
+        """The DataArgs ``train_data`` string that train_data_dir / dataset_name stand for: a folder with
+        diffusers' ``metadata.csv`` is read through that table; anything else as ``parse_source`` reads it."""
         if self.dataset_name:
             return f"hf:{self.dataset_name}"
-        if self.train_data_dir:
-            d = self.train_data_dir
-            if d in PHANTOM_SOURCES:
-                return d
-            p = Path(d)
-            if p.is_dir() and (p / "metadata.jsonl").is_file():  # diffusers' imagefolder layout
-                return str(p)
-            if p.is_dir() and (p / "metadata.csv").is_file():
-                return str(p / "metadata.csv")
-            if not p.exists():
-                raise FileNotFoundError(
-                    f"train_data_dir {d!r} does not exist (expected a folder with metadata.csv, a CSV file, "
-                    "'phantom' or 'phantom-ct')"
-                )
-            return str(p)
-        return self.train_data
+        if not self.train_data_dir:
+            return self.train_data
+        try:
+            spec = parse_source(self.train_data_dir, hub_ids=False)
+        except MedImageError as e:
+            raise FileNotFoundError(f"train_data_dir: {e}") from None
+        table = Path(self.train_data_dir) / "metadata.csv"
+        return str(table) if spec.kind == "folder" and table.is_file() else self.train_data_dir
 
 
-def _csv_columns(path: str) -> list[str]:
-    import csv
-
-    with open(path, newline="") as f:
-        return next(csv.reader(f), [])
+def _pick_column(
+    source: str, role: str, given: str | None, candidates: tuple[str, ...], columns: list[str]
+) -> str | None:
+    """``given`` when ``columns`` has it, else the first candidate present (None when there is none)."""
+    if given is not None and given not in columns:
+        raise ValueError(f"{source}: {role} {given!r} not in {columns}")
+    return given if given is not None else next((c for c in candidates if c in columns), None)
 
 
 def resolve_data_args(config: SDLoRATrainConfig) -> DataArgs:
@@ -142,24 +138,21 @@ def resolve_data_args(config: SDLoRATrainConfig) -> DataArgs:
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(DataArgs) if f.init}
     values["train_data"] = source
     image_col, caption_col = config.image_column, config.caption_column
-    if source.endswith(".csv"):
-        columns = _csv_columns(source)
+    spec = parse_source(source)
+    if spec.kind == "csv":
+        columns, _ = source_columns(DataConfig(source="csv", path=spec.path))
+        image_col = _pick_column(source, "image_column", image_col, IMAGE_COLUMN_CANDIDATES, columns)
         if image_col is None:
-            image_col = next((c for c in IMAGE_COLUMN_CANDIDATES if c in columns), None)
-            if image_col is None:
-                raise ValueError(f"{source}: no image column among {columns}; pass --image_column")
-        elif image_col not in columns:
-            raise ValueError(f"{source}: image_column {image_col!r} not in {columns}")
-        if caption_col is None and config.prompt_template is None:
-            caption_col = next((c for c in CAPTION_COLUMN_CANDIDATES if c in columns), None)
-            if caption_col is None:
-                raise ValueError(
-                    f"{source}: no caption column (text, caption, prompt) among {columns}; pass "
-                    "--caption_column, or --label_column with --prompt_template 'a chest x-ray, {label}'"
-                )
-        elif caption_col is not None and caption_col not in columns:
-            raise ValueError(f"{source}: caption_column {caption_col!r} not in {columns}")
-    elif parse_source(source).kind == "hf":
+            raise ValueError(f"{source}: no image column among {columns}; pass --image_column")
+        wanted = caption_col is not None or config.prompt_template is None
+        caption_col = _pick_column(source, "caption_column", caption_col, CAPTION_COLUMN_CANDIDATES, columns)
+        if wanted and caption_col is None:
+            raise ValueError(
+                f"{source}: no caption column (text, caption, prompt) among {columns}; pass "
+                "--caption_column, or --label_column with --prompt_template 'a chest x-ray, {label}'"
+            )
+        caption_col = caption_col if wanted else None
+    elif spec.kind == "hf":
         image_col = image_col or "image"
         if caption_col is None and config.prompt_template is None:
             caption_col = "text"

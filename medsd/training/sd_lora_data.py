@@ -7,18 +7,22 @@ from typing import Any
 
 import torch
 
-from .data_args import data_config
+from .data_args import build_training_data
 from .sd_lora_config import SDLoRATrainConfig, resolve_data_args
 
 logger = logging.getLogger("medsd.training.sd_lora")
 
 
-def build_source_dataset(config: SDLoRATrainConfig) -> tuple[Any, Any]:
-    """(dataset yielding ``pixel_values`` [1, H, W] in [-1, 1] and ``prompt``, intensity mapping)."""
-    from medsd.data import build_dataset
+def uses_tensor_cache(config: SDLoRATrainConfig) -> bool:
+    """Whether training reads an :class:`SDTensorDataset` (images or latents prepared once) rather than
+    items read on the fly."""
+    return config.cache_latents or config.cache_text_embeddings or config.cache_images_on_device
 
-    args = resolve_data_args(config)
-    return build_dataset(data_config(args, seed=config.seed))
+
+def build_source_dataset(config: SDLoRATrainConfig) -> tuple[Any, Any]:
+    """(dataset yielding ``pixel_values`` [1, H, W] in [-1, 1] and ``prompt``, intensity mapping), through
+    the shared ``build_training_data``. Items prepared once come without jitter: batches get it later."""
+    return build_training_data(resolve_data_args(config), cache=False, augment=not uses_tensor_cache(config))
 
 
 class SDTensorDataset:
@@ -106,13 +110,15 @@ def _encode_latents(
     """VAE latent distributions (mean, std) of every image, and of its mirror image with ``hflip``."""
     from tqdm.auto import tqdm
 
+    from medsd.data.transforms import hflip
+
     parts: dict[str, list[torch.Tensor]] = {"latent_mean": [], "latent_std": []}
     if config.hflip:
         parts.update(latent_mean_flipped=[], latent_std_flipped=[])
     bs = max(1, config.train_batch_size)
     for start in tqdm(range(0, len(pixels), bs), desc="encoding latents", disable=not config.progress_bar):
         x = torch.stack(pixels[start : start + bs]).to(device, vae.dtype)
-        views = [("", x)] + ([("_flipped", x.flip(-1))] if config.hflip else [])
+        views = [("", x)] + ([("_flipped", hflip(x))] if config.hflip else [])
         for suffix, view in views:
             dist = vae.encode(to_vae_input(view)).latent_dist
             parts[f"latent_mean{suffix}"].append(dist.mean.float().to(storage))
@@ -179,6 +185,7 @@ __all__ = [
     "SDTensorDataset",
     "build_source_dataset",
     "build_tensor_dataset",
+    "uses_tensor_cache",
     "prompt_of",
     "to_vae_input",
     "tokenize",
