@@ -7,9 +7,9 @@ fixed batches by index and the batches are dealt to the processes of ``accelerat
 the files do not depend on the number of processes. Batched network math rounds differently from unbatched
 math (up to 2e-6 in [-1, 1] on a CPU): with ``--batch_invariant true`` every image is drawn in its own
 pipeline call and the files are the same whatever ``--batch_size``; with ``false`` ``--batch_size`` images
-are drawn per call (faster on a GPU) and each sidecar records its batch. ``auto`` (default): batched on GPUs,
-invariant on CPUs (where batching brings no speed, docs/generate.md). A stopped run continues where it
-stopped when the same command is run again.
+are drawn per call (faster on GPUs, and on CPUs in bf16) and each sidecar records its batch. ``auto``
+(default): batched, except fp32 on a CPU, where batching brings no speed (docs/generate.md). A stopped run
+continues where it stopped when the same command is run again.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         default="auto",
         choices=["auto", "true", "false"],
         help="true: each image in its own pipeline call, bit-identical whatever --batch_size; false: a batch "
-        "per call (faster on a GPU; last bits depend on the batch); auto (default): false on GPUs, true on CPUs",
+        "per call (faster; last bits depend on the batch); auto (default): false, but true for fp32 on a CPU",
     )
     p.add_argument(
         "--resume",
@@ -245,6 +245,14 @@ def settings_of(args: argparse.Namespace, loaded: LoadedModel, device: str) -> S
     return s
 
 
+def batch_invariant(requested: str, device_type: str, dtype: str) -> bool:
+    """Whether each image is drawn in its own pipeline call. ``auto``: batched, except fp32 on a CPU, where a
+    batch is no faster than one image (docs/generate.md, Speed on a CPU)."""
+    if requested != "auto":
+        return requested == "true"
+    return device_type == "cpu" and dtype == "float32"
+
+
 def run(args: argparse.Namespace) -> int:
     if args.from_sidecar:
         return run_from_sidecars(args)
@@ -264,9 +272,7 @@ def run(args: argparse.Namespace) -> int:
     apply_scheduler(loaded, args.scheduler)
     specs = image_specs(args, loaded)
     s = settings_of(args, loaded, device)
-    invariant = args.batch_invariant == "true" or (
-        args.batch_invariant == "auto" and loaded.pipe.device.type != "cuda"
-    )
+    invariant = batch_invariant(args.batch_invariant, loaded.pipe.device.type, s.dtype)
     batching = "invariant" if invariant else f"batch_size={args.batch_size}"
     identity = jobs.identity(loaded, s, specs, args.seed, args.prefix, batching)
     if world.is_main:

@@ -355,6 +355,10 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
             f"[{name}] {d['names']['fd']}={_f(d['frechet_distance'], 3)} {d['names']['kid']}={_f(d['kid'])} "
             f"P={_f(d['precision'], 3)} R={_f(d['recall'], 3)} (degenerate fake images: {d['n_degenerate_fake']})"
         )
+    from .dataset_fd import is_generated_dataset, whole_set_fd_section
+
+    if is_generated_dataset(cfg.fake):  # a medsd generate dataset: FD of every image, streamed in chunks
+        report["whole_set_fd"] = whole_set_fd_section(cfg, extractors, log)
 
     # 5. diversity
     from .diversity import mean_pairwise_ms_ssim
