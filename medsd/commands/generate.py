@@ -237,11 +237,9 @@ def settings_of(args: argparse.Namespace, loaded: LoadedModel, device: str) -> S
         format=args.format,
         dtype=resolve_dtype(args.dtype, device),
     )
-    s.num_inference_steps = args.num_inference_steps or default_steps(loaded, s)
-    if loaded.family == "text2xray" and s.guidance_scale is None:
-        from medsd.pipelines.text2xray import DEFAULT_GUIDANCE_SCALE
-
-        s.guidance_scale = float(loaded.pipe.info.get("default_guidance_scale") or DEFAULT_GUIDANCE_SCALE)
+    s.num_inference_steps = args.num_inference_steps or default_steps(loaded)
+    if s.guidance_scale is None and hasattr(loaded.pipe, "default_guidance_scale"):
+        s.guidance_scale = loaded.pipe.default_guidance_scale()
     return s
 
 
