@@ -188,7 +188,9 @@ def test_dtype_auto_follows_the_cpu_and_bf16_stays_close_to_fp32(
 
     def spy(self, *args, **kwargs):
         convs = [w for w in self.unet.parameters() if w.ndim == 4 and w.shape[1] > 1 and w.shape[-1] > 1]
-        layout = all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+        layout = all(
+            w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs
+        )
         seen.append((kwargs.get("autocast_dtype"), kwargs.get("batch_size"), layout))
         return real_call(self, *args, **kwargs)
 
