@@ -2,7 +2,7 @@
 steps and number of processes.
 
     OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --num_images 64 --batch_size 8 --steps 25 --rounds 3
-    python benchmarks/generate_throughput.py --device cuda --num_images 512 --batch_size 32 --resolution 256  # GPU line
+    python benchmarks/generate_throughput.py --device cuda --processes 1 --num_images 512 --batch_size 32 --resolution 256  # GPU line
 
 The recipe is the one of diffusers' "Distributed inference" page: ``PartialState().split_between_processes``
 over the work list, one pipeline call per batch, each process saving its images (no per-image seeds, no
