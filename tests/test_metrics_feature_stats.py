@@ -105,8 +105,9 @@ def test_streamed_dataset_fd_holds_one_chunk_and_equals_the_all_at_once_fd(gener
 
 
 def test_eval_of_a_generated_dataset_reports_the_fd_of_every_image_beyond_max_images(
-    generated_and_real, tmp_path
+    generated_and_real, tmp_path, monkeypatch
 ):
+    from medsd.metrics import dataset_fd
     from medsd.metrics.evaluate import EvalConfig, evaluate
 
     fake, real = generated_and_real
@@ -127,3 +128,9 @@ def test_eval_of_a_generated_dataset_reports_the_fd_of_every_image_beyond_max_im
     assert report["sets"]["fake"]["n_images"] == 6  # the in-memory metrics see a capped subsample
     whole = report["whole_set_fd"]["radiomics"]
     assert whole["n_fake"] == 14 and whole["n_real"] == 12 and whole["frechet_distance"] > 0
+    # without --max_images a generated dataset is still not loaded whole: at most IN_MEMORY_IMAGES of it
+    monkeypatch.setattr(dataset_fd, "IN_MEMORY_IMAGES", 5)
+    uncapped = EvalConfig(**{**cfg.__dict__, "max_images": None, "out": str(tmp_path / "o2")})
+    report, _ = evaluate(uncapped, log=lambda s: None)
+    assert report["sets"]["fake"]["n_images"] == 5 and report["sets"]["real"]["n_images"] == 12
+    assert report["whole_set_fd"]["radiomics"]["n_fake"] == 14

@@ -18,6 +18,17 @@ from .feature_stats import FeatureStats, frechet_distance_of_stats
 
 CHUNK_SIZE = 256
 """Images read and featurised at a time."""
+IN_MEMORY_IMAGES = 2000
+"""Generated images ``medsd eval`` holds in memory for its other metrics (KID, precision/recall, C2ST, audit)
+when ``--max_images`` is not given; the whole-set FD still reads every image."""
+
+
+def in_memory_cap(source: str | os.PathLike, max_images: int | None) -> int | None:
+    """How many images of ``source`` ``medsd eval`` loads at once: ``max_images`` when given, else at most
+    :data:`IN_MEMORY_IMAGES` of a ``medsd generate`` dataset (a seeded, label-proportional subsample), else all."""
+    if max_images is not None or not is_generated_dataset(source):
+        return max_images
+    return IN_MEMORY_IMAGES
 
 
 def is_generated_dataset(source: str | os.PathLike) -> bool:
@@ -80,4 +91,11 @@ def whole_set_fd_section(cfg: Any, extractors: dict[str, Any], log=print) -> dic
     return section
 
 
-__all__ = ["CHUNK_SIZE", "is_generated_dataset", "stream_feature_stats", "whole_set_fd_section"]
+__all__ = [
+    "CHUNK_SIZE",
+    "IN_MEMORY_IMAGES",
+    "in_memory_cap",
+    "is_generated_dataset",
+    "stream_feature_stats",
+    "whole_set_fd_section",
+]

@@ -249,9 +249,10 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[dict, int]:
     real = load_subsampled(
         cfg.real, label=cfg.real_label, split=cfg.real_split, max_images=cfg.max_images, **load
     )
-    fake = load_subsampled(
-        cfg.fake, label=cfg.fake_label, split=cfg.fake_split, max_images=cfg.max_images, **load
-    )
+    from .dataset_fd import in_memory_cap
+
+    fake_cap = in_memory_cap(cfg.fake, cfg.max_images)  # a generated dataset: capped; its FD streams all
+    fake = load_subsampled(cfg.fake, label=cfg.fake_label, split=cfg.fake_split, max_images=fake_cap, **load)
     train = (
         load_subsampled(
             cfg.train, label=cfg.train_label, split=cfg.train_split, max_images=cfg.max_train_images, **load
