@@ -144,7 +144,9 @@ class MedCDDPMPipeline(MedUNetPipeline):
     inpainting).
     """
 
-    _call_example = "image=degraded_images, num_images_per_prompt=4"
+    _call_example = (
+        "image=degraded_images, num_samples=4"  # as in saved shims, which medsd recognises by text
+    )
 
     @property
     def task(self) -> str | None:
