@@ -233,3 +233,14 @@ def test_unipc_is_one_registry_entry_away_for_ddpm_and_cddpm(ddpm_dir, cddpm_dir
          "--num_inference_steps", 5, "--out", tmp_path / "c")  # fmt: skip
     meta = json.loads((tmp_path / "c" / "image_00000.json").read_text())
     assert meta["scheduler"] == "unipc" and np.isfinite(np.load(tmp_path / "c" / "image_00000.npy")).all()
+
+
+def test_sidecars_of_both_dtypes_regenerate_exactly_in_one_command(ddpm_dir, tmp_path):
+    common = [ddpm_dir, "--num_images", 2, "--num_inference_steps", 3, "--format", "npy", "--device", "cpu"]
+    _run(*common, "--dtype", "bf16", "--out", tmp_path / "bf16")  # batched, U-Net channels-last
+    _run(*common, "--dtype", "fp32", "--out", tmp_path / "fp32")  # one image per call, NCHW
+    sidecars = [tmp_path / "bf16" / "image_00000.json", tmp_path / "fp32" / "image_00001.json"]
+    _run("--from_sidecar", *sidecars, "--out", tmp_path / "again")  # one model loaded, both layouts in turn
+    again = _npy(tmp_path / "again")
+    assert np.array_equal(again["image_00000"], _npy(tmp_path / "bf16")["image_00000"])
+    assert np.array_equal(again["image_00001"], _npy(tmp_path / "fp32")["image_00001"])

@@ -85,6 +85,7 @@ def test_streamed_dataset_fd_holds_one_chunk_and_equals_the_all_at_once_fd(gener
 
     fake, real = generated_and_real
     assert is_generated_dataset(fake) and not is_generated_dataset(real)
+    assert not is_generated_dataset(np.zeros((2, 8, 8)))  # an in-memory set, as evaluate() accepts
     radiomics = get_extractor("radiomics", size=32)
     chunks: list[int] = []
 

@@ -130,12 +130,13 @@ def output_type_for(fmt: str, pipe: Any) -> str:
 
 def use_channels_last(loaded: LoadedModel, dtype: str) -> None:
     """bf16 on a CPU: keep the U-Net's weights channels-last, so that oneDNN's bf16 convolutions run on their
-    native layout instead of reordering every activation from NCHW and back (1.7x per image at 64 px, batch 8,
-    docs/generate.md). fp32 and GPUs keep the default layout (no gain measured there)."""
+    native layout instead of reordering every activation from NCHW and back (1.3x per image at 64 px, batch 8,
+    docs/generate.md). fp32 and GPUs keep the default layout (no gain measured there); set on every call, since
+    sidecars of one model may ask for either dtype and each must be drawn as it was."""
     import torch
 
-    if dtype == "bfloat16" and loaded.pipe.device.type == "cpu":
-        loaded.pipe.unet.to(memory_format=torch.channels_last)
+    channels_last = dtype == "bfloat16" and loaded.pipe.device.type == "cpu"
+    loaded.pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _ddpm_inputs(loaded: LoadedModel, specs: list[ImageSpec], s: Settings) -> dict[str, Any]:

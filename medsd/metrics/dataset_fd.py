@@ -23,7 +23,7 @@ IN_MEMORY_IMAGES = 2000
 when ``--max_images`` is not given; the whole-set FD still reads every image."""
 
 
-def in_memory_cap(source: str | os.PathLike, max_images: int | None) -> int | None:
+def in_memory_cap(source: Any, max_images: int | None) -> int | None:
     """How many images of ``source`` ``medsd eval`` loads at once: ``max_images`` when given, else at most
     :data:`IN_MEMORY_IMAGES` of a ``medsd generate`` dataset (a seeded, label-proportional subsample), else all."""
     if max_images is not None or not is_generated_dataset(source):
@@ -31,8 +31,11 @@ def in_memory_cap(source: str | os.PathLike, max_images: int | None) -> int | No
     return IN_MEMORY_IMAGES
 
 
-def is_generated_dataset(source: str | os.PathLike) -> bool:
-    """Whether ``source`` is a folder ``medsd generate`` wrote (its ``manifest.json`` says so)."""
+def is_generated_dataset(source: Any) -> bool:
+    """Whether ``source`` is a folder ``medsd generate`` wrote (its ``manifest.json`` says so); False for
+    in-memory sets (an ``ImageSet`` or array)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return False
     manifest = Path(source) / "manifest.json"
     if not manifest.is_file():
         return False
