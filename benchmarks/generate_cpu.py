@@ -1,38 +1,50 @@
-"""Per-image time of ``medsd generate``'s drawing on a CPU: batch 1 against batch 32, fp32 against bf16.
+"""Per-image time of ``medsd generate``'s drawing on a CPU: batch 1 against batch 8 or 32, fp32 against bf16,
+and bf16 with the U-Net in the default (NCHW) layout against channels-last (what ``generate`` uses in bf16).
 
-    OMP_NUM_THREADS=1 python benchmarks/generate_cpu.py --resolution 128 --steps 3 --rounds 3
+    OMP_NUM_THREADS=1 python benchmarks/generate_cpu.py --resolution 64 --steps 10 --rounds 3 --batch_sizes 1 8
 
 A light-ct U-Net (random weights: the time does not depend on them) at ``--resolution`` is saved as a medsd
 DDPM folder and drawn through the same code ``medsd generate`` runs (``load_model`` + ``draw``), with one
-torch thread. Reported: milliseconds per image per denoising step (best of ``--rounds``), and the time of a
-25-step image.
+torch thread. Reported: milliseconds per image per denoising step (median of ``--rounds`` rounds, every
+configuration once per round), and the time of a 25-step image.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 
-def _draw_time(loaded, settings, batch: int, rounds: int) -> float:
+def _draw_time(loaded, settings, batch: int) -> float:
+    """Seconds per image of one ``draw`` call of ``batch`` images."""
     from medsd.commands.generate import ImageSpec, draw
 
     specs = [ImageSpec(k, k) for k in range(batch)]
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        draw(loaded, specs, settings)
-        best = min(best, time.perf_counter() - start)
-    return best / batch
+    start = time.perf_counter()
+    draw(loaded, specs, settings)
+    return (time.perf_counter() - start) / batch
+
+
+def _configure(loaded, dtype: str, layout: str, channels_last):
+    """Settings for one row; the U-Net back in NCHW unless the row is channels-last (as draw() makes bf16)."""
+    import torch
+
+    from medsd.commands import generate_draw
+    from medsd.commands.generate import Settings
+
+    generate_draw.use_channels_last = channels_last if layout == "channels-last" else (lambda *a: None)
+    loaded.pipe.unet.to(memory_format=torch.contiguous_format)
+    return Settings("ddpm", "default", 0, None, None, None, None, None, True, None, "npy", dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import DDPMScheduler
 
-    from medsd.commands.generate import Settings, load_model
+    from medsd.commands.generate import load_model
     from medsd.models.presets import build_unet
     from medsd.pipelines.ddpm import MedDDPMPipeline, fast_scheduler
 
@@ -56,16 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"light-ct {args.resolution} px, {args.steps} steps, 1 thread; ms per image per step (25-step image)"
     )
-    print("| dtype | " + " | ".join(f"batch {b}" for b in args.batch_sizes) + " |")
-    print("| --- |" + " --- |" * len(args.batch_sizes))
-    for dtype in args.dtypes:
-        s = Settings("ddpm", "default", args.steps, None, None, None, None, None, True, None, "npy", dtype)
-        _draw_time(loaded, s, 1, 1)  # warm-up (oneDNN builds its kernels on first use)
-        cells = []
-        for b in args.batch_sizes:
-            per_step = _draw_time(loaded, s, b, args.rounds) / args.steps * 1000
-            cells.append(f"{per_step:.0f} ms ({per_step * 25 / 1000:.1f} s)")
-        print(f"| {dtype} | " + " | ".join(cells) + " |", flush=True)
+    print("| dtype | layout | " + " | ".join(f"batch {b}" for b in args.batch_sizes) + " |")
+    print("| --- | --- |" + " --- |" * len(args.batch_sizes))
+    from medsd.commands import generate_draw
+
+    channels_last = generate_draw.use_channels_last
+    rows = [(d, "NCHW") for d in args.dtypes] + [("bfloat16", "channels-last")] * ("bfloat16" in args.dtypes)
+    times: dict = {(row, b): [] for row in rows for b in args.batch_sizes}
+    for r in range(args.rounds + 1):  # round 0 warms up (oneDNN builds its kernels on first use)
+        for row, b in times:  # every configuration once per round: a slower period slows them all
+            s = _configure(loaded, *row, channels_last)
+            s.num_inference_steps = args.steps
+            seconds = _draw_time(loaded, s, b)
+            if r:
+                times[row, b].append(seconds)
+    generate_draw.use_channels_last = channels_last
+    for row in rows:
+        per_step = [statistics.median(times[row, b]) / args.steps * 1000 for b in args.batch_sizes]
+        cells = [f"{ms:.0f} ms ({ms * 25 / 1000:.1f} s)" for ms in per_step]
+        print(f"| {row[0]} | {row[1]} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

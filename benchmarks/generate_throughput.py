@@ -1,15 +1,17 @@
 """Images per second: ``medsd generate`` against the diffusers docs' multi-process recipe, same model, batch,
 steps and number of processes.
 
-    OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --num_images 32 --batch_size 8 --steps 10
-    python benchmarks/generate_throughput.py --device cuda --num_images 512 --batch_size 32   # GPU line
+    OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --num_images 64 --batch_size 8 --steps 25 --rounds 3
+    python benchmarks/generate_throughput.py --device cuda --processes 1 --num_images 512 --batch_size 32 --resolution 256  # GPU line
 
 The recipe is the one of diffusers' "Distributed inference" page: ``PartialState().split_between_processes``
 over the work list, one pipeline call per batch, each process saving its images (no per-image seeds, no
-resume, no manifest). medsd runs ``python -m medsd generate`` with its defaults (``--dtype auto``,
-``--batch_invariant auto``), writing sidecars, manifest parts, ``metadata.jsonl`` and the card. Both are
+resume, no manifest), in the pipeline's default precision (float32). medsd runs ``python -m medsd generate``
+with its defaults (``--dtype auto``: bf16 autocast on CPUs with native bf16; ``--batch_invariant auto``:
+batched there), writing sidecars, manifest parts, ``metadata.jsonl`` and the card. Both are
 started with ``torch.distributed.run --nproc_per_node N`` (gloo on CPU), and timed from start to exit
-(imports and model loading included, the same for both). The model is a light-ct U-Net with random weights
+(imports and model loading included, the same for both), the two arms alternating ``--rounds`` times on a
+shared machine; the ratio reported is the median of the per-round ratios. The model is a light-ct U-Net with random weights
 (the time does not depend on them) saved as a medsd DDPM folder.
 """
 
@@ -50,7 +52,24 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def _round(launch: list[str], tmp: str, model: Path, recipe: Path, args: argparse.Namespace, env) -> dict:
+    """One timed run of each arm (the recipe first), into fresh output folders."""
+    import shutil
+
+    n, b, s = str(args.num_images), str(args.batch_size), str(args.steps)
+    for d in ("recipe_out", "medsd_out"):
+        shutil.rmtree(f"{tmp}/{d}", ignore_errors=True)
+    Path(f"{tmp}/recipe_out").mkdir()
+    t_recipe = _timed([*launch, str(recipe), str(model), f"{tmp}/recipe_out", n, b, s], env)
+    medsd = ["-m", "medsd", "generate", str(model), "--out", f"{tmp}/medsd_out", "--num_images", n]
+    t_medsd = _timed([*launch, *medsd, "--batch_size", b, "--num_inference_steps", s], env)
+    return {"recipe_s": t_recipe, "medsd_s": t_medsd, "ratio": t_recipe / t_medsd}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import json
+    import statistics
+
     import torch
     from diffusers import DDPMScheduler
 
@@ -58,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     from medsd.pipelines.ddpm import MedDDPMPipeline, fast_scheduler
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num_images", type=int, default=32)
+    p.add_argument("--num_images", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=25)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="alternate the two arms this many times")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     unet = build_unet("light-ct", sample_size=args.resolution)
@@ -78,21 +99,30 @@ def main(argv: list[str] | None = None) -> int:
         model, recipe = Path(tmp) / "model", Path(tmp) / "recipe.py"
         pipe.save_pretrained(model)
         recipe.write_text(RECIPE)
-        (Path(tmp) / "recipe_out").mkdir()
-        n, b, s = str(args.num_images), str(args.batch_size), str(args.steps)
-        t_recipe = _timed([*launch, str(recipe), str(model), f"{tmp}/recipe_out", n, b, s], env)
-        medsd = ["-m", "medsd", "generate", str(model), "--out", f"{tmp}/medsd_out", "--num_images", n]
-        t_medsd = _timed([*launch, *medsd, "--batch_size", b, "--num_inference_steps", s], env)
-    print(
+        rounds = []
+        for r in range(args.rounds):
+            rounds.append(_round(launch, tmp, model, recipe, args, env))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in rounds[-1].items()), flush=True)
+    workload = (
         f"light-ct {args.resolution} px, {args.num_images} images, batch {args.batch_size}, {args.steps} steps, "
         f"{args.processes} {args.device} processes (torch.distributed.run)"
     )
+    t_recipe = statistics.median(r["recipe_s"] for r in rounds)
+    t_medsd = statistics.median(r["medsd_s"] for r in rounds)
+    ratio = statistics.median(r["ratio"] for r in rounds)
+    print(workload + f"; medians of {args.rounds} alternating rounds")
     print("| | images/s | time |\n| --- | --- | --- |")
     print(
         f"| diffusers docs recipe (split_between_processes) | {args.num_images / t_recipe:.2f} | {t_recipe:.1f} s |"
     )
     print(f"| medsd generate | {args.num_images / t_medsd:.2f} | {t_medsd:.1f} s |")
-    print(f"medsd / recipe: {t_recipe / t_medsd:.2f}x")
+    print(f"medsd / recipe (median of per-round ratios): {ratio:.2f}x")
+    if args.json:
+        result = {"workload": workload, "args": vars(args), "rounds": rounds, "median_ratio": ratio}
+        result.update(
+            recipe_images_per_s=args.num_images / t_recipe, medsd_images_per_s=args.num_images / t_medsd
+        )
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -123,16 +123,9 @@ def test_modules_and_functions_are_small():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 length = node.end_lineno - node.lineno + 1
                 name = f"{p.relative_to(ROOT).as_posix()}:{node.name}"
-                if length > 80 and name not in SHORTENED_ON_OTHER_BRANCHES:
+                if length > 80:
                     long.append(f"{name} (line {node.lineno}, {length} lines)")
     assert not long, f"functions over 80 lines: {long}"
-
-
-SHORTENED_ON_OTHER_BRANCHES = {
-    "medsd/commands/generate.py:add_generate_arguments",
-    "medsd/pipelines/cddpm.py:__call__",
-}
-"""Long functions that parallel branches of the same change shorten; empty this set when they are merged."""
 
 
 def test_every_training_family_builds_its_data_through_build_training_data(monkeypatch):

@@ -58,6 +58,7 @@ def _run(*args: str) -> None:
 
 def test_ddpm_batch_size_does_not_change_images_and_sidecar_regenerates(ddpm_dir, tmp_path):
     common = [ddpm_dir, "--num_images", 5, "--num_inference_steps", 4, "--format", "npy", "--device", "cpu"]
+    common += ["--batch_invariant", "true"]
     _run(*common, "--out", tmp_path / "b1", "--batch_size", 1)
     _run(*common, "--out", tmp_path / "b3", "--batch_size", 3)
     one, three = _npy(tmp_path / "b1"), _npy(tmp_path / "b3")
@@ -152,7 +153,7 @@ def test_cddpm_without_condition_is_one_line_error(cddpm_dir, tmp_path, capsys):
 def test_text_to_xray_with_string_negative_prompt(tiny_sd_base, tmp_path, capsys):
     common = [tiny_sd_base, "--num_inference_steps", 2, "--format", "npy", "--num_images", 2]
     common += ["--prompt", "a chest x-ray, opacity", "--prompt", "a chest x-ray, no finding"]
-    common += ["--negative_prompt", "blurry", "--guidance_scale", 3.0]
+    common += ["--negative_prompt", "blurry", "--guidance_scale", 3.0, "--batch_invariant", "true"]
     _run(*common, "--out", tmp_path / "b1", "--batch_size", 1)
     assert "denoising" in capsys.readouterr().err  # the pipeline's progress bar is shown
     _run(*common, "--out", tmp_path / "b3", "--batch_size", 3)
@@ -186,14 +187,21 @@ def test_dtype_auto_follows_the_cpu_and_bf16_stays_close_to_fp32(
     real_call = MedDDPMPipeline.__call__
 
     def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("autocast_dtype"))
+        convs = [w for w in self.unet.parameters() if w.ndim == 4 and w.shape[1] > 1 and w.shape[-1] > 1]
+        layout = all(
+            w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs
+        )
+        seen.append((kwargs.get("autocast_dtype"), kwargs.get("batch_size"), layout))
         return real_call(self, *args, **kwargs)
 
     monkeypatch.setattr(MedDDPMPipeline, "__call__", spy)
     common = [ddpm_dir, "--num_images", 2, "--num_inference_steps", 3, "--format", "npy", "--device", "cpu"]
     _run(*common, "--out", tmp_path / "auto")
     autocast = None if expected == "float32" else getattr(torch, expected)
-    assert seen == [autocast, autocast]  # one pipeline call per image, each under the chosen autocast
+    if expected == "bfloat16":  # auto: one batched call, the U-Net channels-last for oneDNN's bf16 kernels
+        assert seen == [(autocast, 2, True)]
+    else:  # fp32 on a CPU: one pipeline call per image (batch-invariant), the default layout
+        assert seen == [(None, 1, False), (None, 1, False)]
     assert json.loads((tmp_path / "auto" / "image_00001.json").read_text())["dtype"] == expected
     _run(*common, "--out", tmp_path / "fp32", "--dtype", "fp32")
     auto, fp32 = _npy(tmp_path / "auto"), _npy(tmp_path / "fp32")
@@ -225,3 +233,14 @@ def test_unipc_is_one_registry_entry_away_for_ddpm_and_cddpm(ddpm_dir, cddpm_dir
          "--num_inference_steps", 5, "--out", tmp_path / "c")  # fmt: skip
     meta = json.loads((tmp_path / "c" / "image_00000.json").read_text())
     assert meta["scheduler"] == "unipc" and np.isfinite(np.load(tmp_path / "c" / "image_00000.npy")).all()
+
+
+def test_sidecars_of_both_dtypes_regenerate_exactly_in_one_command(ddpm_dir, tmp_path):
+    common = [ddpm_dir, "--num_images", 2, "--num_inference_steps", 3, "--format", "npy", "--device", "cpu"]
+    _run(*common, "--dtype", "bf16", "--out", tmp_path / "bf16")  # batched, U-Net channels-last
+    _run(*common, "--dtype", "fp32", "--out", tmp_path / "fp32")  # one image per call, NCHW
+    sidecars = [tmp_path / "bf16" / "image_00000.json", tmp_path / "fp32" / "image_00001.json"]
+    _run("--from_sidecar", *sidecars, "--out", tmp_path / "again")  # one model loaded, both layouts in turn
+    again = _npy(tmp_path / "again")
+    assert np.array_equal(again["image_00000"], _npy(tmp_path / "bf16")["image_00000"])
+    assert np.array_equal(again["image_00001"], _npy(tmp_path / "fp32")["image_00001"])

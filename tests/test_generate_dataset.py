@@ -1,4 +1,5 @@
-"""``medsd generate`` as a dataset maker: the same files from 1 or 2 processes (accelerate launch, torchrun),
+"""``medsd generate`` as a dataset maker: the same DDPM files from 1 or 2 processes (accelerate launch batched,
+torchrun batch-invariant; every family in both launchers: test_generate_processes.py),
 resume that skips verified images and refuses another run, an imagefolder dataset with its columns, a
 class-balanced label table, a dataset card and a dataset push that reaches the Hub call without network."""
 
@@ -80,22 +81,6 @@ def test_two_cpu_processes_write_the_files_of_one(ddpm_dir, tmp_path, monkeypatc
     one, two = files_of(tmp_path / "one"), files_of(tmp_path / "two")
     assert sorted(one) == sorted(two) and len([k for k in one if k.endswith(".png")]) == 5
     assert all(one[k] == two[k] for k in one), [k for k in one if one[k] != two[k]]
-
-
-@pytest.mark.slow
-def test_text_to_xray_two_processes_and_batch_sizes_1_and_3_give_the_same_files(tiny_sd_base, tmp_path):
-    args = [tiny_sd_base, *STEPS, "--label", "No Finding=2", "--label", "Pneumonia=2", "--dtype", "fp32"]
-    assert _run(*args, "--batch_size", 1, "--batch_invariant", "true", "--out", tmp_path / "b1") == 0
-    assert _run(*args, "--batch_size", 3, "--batch_invariant", "true", "--out", tmp_path / "b3") == 0
-    _launch(
-        ["torch.distributed.run", "--nproc_per_node", "2"],
-        [*args, "--batch_size", 3, "--out", tmp_path / "two"],
-    )
-    b1, b3, two = (files_of(tmp_path / d) for d in ("b1", "b3", "two"))
-    assert b1 == b3 == two
-    rows = [json.loads(x) for x in b1["metadata.jsonl"].decode().splitlines()]
-    assert [r["label"] for r in rows] == ["No Finding", "No Finding", "Pneumonia", "Pneumonia"]
-    assert [r["seed"] for r in rows] == [0, 1, 2, 3] and all("pneumonia" in r["prompt"] for r in rows[2:])
 
 
 def test_rerun_skips_verified_images_redraws_corrupt_ones_and_refuses_another_seed(
@@ -240,3 +225,32 @@ def test_sigterm_finishes_the_batch_then_the_same_command_finishes_the_run(ddpm_
     monkeypatch.setattr(generate_jobs, "draw", real_draw)
     assert _run(*args) == 0
     assert len(list(out.glob("*.png"))) == 6 and len((out / "metadata.jsonl").read_text().splitlines()) == 6
+
+
+def test_labels_csv_makes_a_class_balanced_set_and_bad_tables_are_one_line_errors(
+    tiny_sd_base, tmp_path, capsys
+):
+    table = tmp_path / "labels.csv"
+    table.write_text('label,prompt,count\nNo Finding,,2\nPneumonia,,1\n,"a chest x-ray, effusion",1\n')
+    args = [tiny_sd_base, *STEPS, "--dtype", "fp32", "--labels_csv", table]
+    assert _run(*args, "--out", tmp_path / "ds") == 0
+    rows = [json.loads(x) for x in (tmp_path / "ds" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == ["No Finding", "No Finding", "Pneumonia", None]
+    assert "pneumonia" in rows[2]["prompt"] and rows[3]["prompt"] == "a chest x-ray, effusion"
+    assert [r["seed"] for r in rows] == [0, 1, 2, 3]
+    bad = {
+        "label,n\nPneumonia,2\n": ["labels.csv", "'count' column", "['label', 'n']"],
+        "label,count\nPneumonia,two\n": ["labels.csv", "line 2", "column 'count'", "'two'"],
+        "label,count\nPneumonia,0\n": ["line 2", "column 'count'", ">= 1"],
+        "label,count\nPneumonia,1\nPneumonia,2\n": ["line 3", "'Pneumonia' is listed twice"],
+        "label,count\n": ["no rows"],
+    }
+    for i, (text, words) in enumerate(bad.items()):
+        table.write_text(text)
+        capsys.readouterr()
+        assert _run(*args, "--out", tmp_path / f"bad{i}") == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+        assert len(err) == 1 and all(w in err[0] for w in words), (text, err)
+        assert not (tmp_path / f"bad{i}").exists()  # refused before anything is written
+    assert _run(*args, "--label", "Pneumonia=1", "--out", tmp_path / "both") == 2
+    assert "not both" in capsys.readouterr().err

@@ -7,9 +7,9 @@ fixed batches by index and the batches are dealt to the processes of ``accelerat
 the files do not depend on the number of processes. Batched network math rounds differently from unbatched
 math (up to 2e-6 in [-1, 1] on a CPU): with ``--batch_invariant true`` every image is drawn in its own
 pipeline call and the files are the same whatever ``--batch_size``; with ``false`` ``--batch_size`` images
-are drawn per call (faster on a GPU) and each sidecar records its batch. ``auto`` (default): batched on GPUs,
-invariant on CPUs (where batching brings no speed, docs/generate.md). A stopped run continues where it
-stopped when the same command is run again.
+are drawn per call (faster on GPUs, and on CPUs in bf16) and each sidecar records its batch. ``auto``
+(default): batched, except fp32 on a CPU, where batching brings no speed (docs/generate.md). A stopped run
+continues where it stopped when the same command is run again.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .generate_io import (
     parse_labels,
     prompts_of,
     read_condition,
+    read_label_table,
     read_mask,
 )
 
@@ -56,6 +57,19 @@ DEFAULT_NUM_IMAGES = {"ddpm": 16, "cddpm": 1, "text2xray": 4}
 
 
 def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = True) -> None:
+    """Every ``medsd generate`` flag (``medsd sample`` reuses them with ``--model``)."""
+    _add_run_arguments(p, model_positional)
+    _add_output_arguments(p)
+    _add_text_to_xray_arguments(p.add_argument_group("text-to-X-ray"))
+    _add_cddpm_arguments(p.add_argument_group("cDDPM"))
+    p.add_argument(
+        "--ignore_weights_hash", action="store_true", help="--from_sidecar: accept changed weights"
+    )
+    add_allow_pickle(p)
+    p.set_defaults(value_ranges=GENERATE_RANGES)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, model_positional: bool) -> None:
     if model_positional:
         p.add_argument("model", nargs="?", default=None, help="model folder or Hub id (any medsd family)")
     p.add_argument("--out", required=True, help="output folder (must not already contain images)")
@@ -84,7 +98,7 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         default="auto",
         choices=["auto", "true", "false"],
         help="true: each image in its own pipeline call, bit-identical whatever --batch_size; false: a batch "
-        "per call (faster on a GPU; last bits depend on the batch); auto (default): false on GPUs, true on CPUs",
+        "per call (faster; last bits depend on the batch); auto (default): false, but true for fp32 on a CPU",
     )
     p.add_argument(
         "--resume",
@@ -107,6 +121,9 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         help="precision of the network math (autocast; weights stay float32). auto (default): bf16 on CPUs "
         "with native bf16 (avx512_bf16/amx_bf16) and on GPUs that have it, fp16 on other GPUs, else fp32",
     )
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         default="png8",
@@ -123,7 +140,9 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         default="other",
         help="the dataset card's license (a Hub license id, e.g. cc-by-4.0; default: other)",
     )
-    t = p.add_argument_group("text-to-X-ray")
+
+
+def _add_text_to_xray_arguments(t: argparse._ArgumentGroup) -> None:
     t.add_argument("--prompt", action="append", default=None, help="a prompt (repeat the flag for several)")
     t.add_argument("--prompt_file", default=None, help="a text file with one prompt per line")
     t.add_argument(
@@ -134,11 +153,20 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
         help="COUNT images of label NAME, prompted through the model's prompt template (repeat for a "
         'class-balanced set: --label "No Finding"=5000 --label Pneumonia=5000)',
     )
+    t.add_argument(
+        "--labels_csv",
+        default=None,
+        metavar="FILE",
+        help="a class-balanced set from a table: a 'count' column and a 'label' column (prompted through the "
+        "model's template) and/or a 'prompt' column (used as given)",
+    )
     t.add_argument("--negative_prompt", default=None, help="one negative prompt for every image")
     t.add_argument("--guidance_scale", type=float, default=None, help="default: the pipeline's (4)")
     t.add_argument("--height", type=int, default=None, help="default: the training resolution")
     t.add_argument("--width", type=int, default=None)
-    c = p.add_argument_group("cDDPM")
+
+
+def _add_cddpm_arguments(c: argparse._ArgumentGroup) -> None:
     c.add_argument(
         "--condition", default=None, help="degraded image(s): an image, a folder of images, or a CSV"
     )
@@ -152,11 +180,6 @@ def add_generate_arguments(p: argparse.ArgumentParser, model_positional: bool = 
     )
     c.add_argument("--keep_known_pixels", default="true", choices=["true", "false"], help="inpainting")
     c.add_argument("--image_size", type=int, default=None, help="super-resolution output size")
-    p.add_argument(
-        "--ignore_weights_hash", action="store_true", help="--from_sidecar: accept changed weights"
-    )
-    add_allow_pickle(p)
-    p.set_defaults(value_ranges=GENERATE_RANGES)
 
 
 GENERATE_RANGES = value_ranges(
@@ -201,16 +224,9 @@ def image_specs(args: argparse.Namespace, loaded: LoadedModel) -> list[ImageSpec
         for _ in range(n):
             add()
     elif fam == "text2xray":
-        if args.label and (args.prompt or args.prompt_file or args.num_images):
-            raise GenerateError(
-                "--label NAME=COUNT sets prompts and counts; drop --prompt/--prompt_file/--num_images"
-            )
-        for label, count in parse_labels(args.label or []):
+        for label, prompt, count in label_table(args) or [(None, p, n) for p in prompts_of(args)]:
             for _ in range(count):
-                add(label=label, prompt=loaded.pipe.prompt_for(label))
-        for prompt in prompts_of(args) if not args.label else []:
-            for _ in range(n):
-                add(prompt=prompt)
+                add(label=label, prompt=prompt or loaded.pipe.prompt_for(label))
     else:
         mapping = getattr(loaded.pipe, "intensity_mapping", None)
         for cond, mask in list_conditions(args.condition, args.mask, args.condition_column):
@@ -220,6 +236,22 @@ def image_specs(args: argparse.Namespace, loaded: LoadedModel) -> list[ImageSpec
             for _ in range(n):
                 add(condition=cond, mask=mask)
     return specs
+
+
+def label_table(args: argparse.Namespace) -> list[tuple[str | None, str | None, int]]:
+    """(label, prompt, count) rows of a class-balanced run: ``--label NAME=COUNT`` or ``--labels_csv``."""
+    table_flags = [f for f in ("label", "labels_csv") if getattr(args, f, None)]
+    if not table_flags:
+        return []
+    if len(table_flags) > 1:
+        raise GenerateError("give --label NAME=COUNT or --labels_csv FILE, not both")
+    if args.prompt or args.prompt_file or args.num_images:
+        raise GenerateError(
+            f"--{table_flags[0]} sets prompts and counts; drop --prompt/--prompt_file/--num_images"
+        )
+    if args.label:
+        return [(label, None, count) for label, count in parse_labels(args.label)]
+    return read_label_table(args.labels_csv)
 
 
 def settings_of(args: argparse.Namespace, loaded: LoadedModel, device: str) -> Settings:
@@ -237,12 +269,18 @@ def settings_of(args: argparse.Namespace, loaded: LoadedModel, device: str) -> S
         format=args.format,
         dtype=resolve_dtype(args.dtype, device),
     )
-    s.num_inference_steps = args.num_inference_steps or default_steps(loaded, s)
-    if loaded.family == "text2xray" and s.guidance_scale is None:
-        from medsd.pipelines.text2xray import DEFAULT_GUIDANCE_SCALE
-
-        s.guidance_scale = float(loaded.pipe.info.get("default_guidance_scale") or DEFAULT_GUIDANCE_SCALE)
+    s.num_inference_steps = args.num_inference_steps or default_steps(loaded)
+    if s.guidance_scale is None and hasattr(loaded.pipe, "default_guidance_scale"):
+        s.guidance_scale = loaded.pipe.default_guidance_scale()
     return s
+
+
+def batch_invariant(requested: str, device_type: str, dtype: str) -> bool:
+    """Whether each image is drawn in its own pipeline call. ``auto``: batched, except fp32 on a CPU, where a
+    batch is no faster than one image (docs/generate.md, Speed on a CPU)."""
+    if requested != "auto":
+        return requested == "true"
+    return device_type == "cpu" and dtype == "float32"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
     if not store.is_resumable(out):
         check_out(out, args.overwrite)
     check_family_flags(args, folder_family(args.model))  # before the (slow) load where the folder tells
+    label_table(args)  # a bad label table is refused before the load too
     world = jobs.start_world()
     device = jobs.process_device(_device(args.device), world)
     loaded = load_model(args.model, device, args.allow_pickle)
@@ -264,9 +303,7 @@ def run(args: argparse.Namespace) -> int:
     apply_scheduler(loaded, args.scheduler)
     specs = image_specs(args, loaded)
     s = settings_of(args, loaded, device)
-    invariant = args.batch_invariant == "true" or (
-        args.batch_invariant == "auto" and loaded.pipe.device.type != "cuda"
-    )
+    invariant = batch_invariant(args.batch_invariant, loaded.pipe.device.type, s.dtype)
     batching = "invariant" if invariant else f"batch_size={args.batch_size}"
     identity = jobs.identity(loaded, s, specs, args.seed, args.prefix, batching)
     if world.is_main:

@@ -23,7 +23,16 @@ class GenerateError(MedsdError):
 
 # -- command line ------------------------------------------------------------------------------------------
 FAMILY_FLAGS = {
-    "text2xray": ("prompt", "prompt_file", "label", "negative_prompt", "guidance_scale", "height", "width"),
+    "text2xray": (
+        "prompt",
+        "prompt_file",
+        "label",
+        "labels_csv",
+        "negative_prompt",
+        "guidance_scale",
+        "height",
+        "width",
+    ),
     "cddpm": ("condition", "condition_column", "mask", "task", "image_size"),
 }
 
@@ -90,6 +99,38 @@ def parse_labels(values: list[str]) -> list[tuple[str, int]]:
             raise GenerateError(f"--label {name.strip()!r} is given twice")
         pairs.append((name.strip(), int(count)))
     return pairs
+
+
+def read_label_table(path: str | os.PathLike) -> list[tuple[str | None, str | None, int]]:
+    """``--labels_csv`` rows as (label, prompt, count), in file order. The table has a ``count`` column and a
+    ``label`` and/or ``prompt`` column; a row's prompt is used as given, a label alone is prompted through the
+    model's prompt template."""
+    p = Path(path)
+    if not p.is_file():
+        raise GenerateError(f"--labels_csv {p} does not exist")
+    with open(p, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or [] if c]
+        if "count" not in columns or not {"label", "prompt"} & set(columns):
+            raise GenerateError(
+                f"--labels_csv {p}: expected a 'count' column and a 'label' or 'prompt' column, got {columns}"
+            )
+        rows: list[tuple[str | None, str | None, int]] = []
+        for line, raw in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
+            label, prompt, count = row.get("label") or None, row.get("prompt") or None, row.get("count", "")
+            if not count.isdigit() or int(count) < 1:
+                raise GenerateError(
+                    f"--labels_csv {p}, line {line}, column 'count': expected an integer >= 1, got {count!r}"
+                )
+            if label is None and prompt is None:
+                raise GenerateError(f"--labels_csv {p}, line {line}: both 'label' and 'prompt' are empty")
+            if any((label, prompt) == (lab, pr) for lab, pr, _ in rows):
+                raise GenerateError(f"--labels_csv {p}, line {line}: {label or prompt!r} is listed twice")
+            rows.append((label, prompt, int(count)))
+    if not rows:
+        raise GenerateError(f"--labels_csv {p}: the table has no rows")
+    return rows
 
 
 def weights_sha256(folder: str | os.PathLike) -> str:

@@ -164,7 +164,7 @@ def provenance(loaded: LoadedModel, s: Settings, seed: int, batching: str) -> di
         **loaded.record,
         "family": loaded.family,
         "scheduler": s.scheduler,
-        "scheduler_class": None if loaded.family == "cddpm" else type(loaded.pipe.scheduler).__name__,
+        "scheduler_class": type(loaded.pipe.scheduler).__name__,
         "num_inference_steps": s.num_inference_steps,
         "guidance_scale": s.guidance_scale,
         "negative_prompt": s.negative_prompt,

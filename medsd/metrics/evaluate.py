@@ -21,6 +21,7 @@ import numpy as np
 from medsd.data.splits import SPLIT_CHOICES
 from medsd.flags import SEED_MAX, Alias, flag, to_bool
 
+from .dataset_fd import in_memory_cap, is_generated_dataset, whole_set_fd_section
 from .features import extract_features, get_extractor
 from .figures import feature_plots, sample_grid
 from .io import ImageSet, load_subsampled
@@ -371,6 +372,13 @@ def distribution_section(inp: EvalInputs) -> SectionResult:
     return result
 
 
+def whole_set_fd(inp: EvalInputs) -> SectionResult | None:
+    """For a ``medsd generate`` dataset: the FD of every image, streamed in chunks (merged statistics)."""
+    if not is_generated_dataset(inp.cfg.fake):
+        return None
+    return SectionResult({"whole_set_fd": whole_set_fd_section(inp.cfg, inp.extractors, inp.log)})
+
+
 def class_table_section(inp: EvalInputs) -> SectionResult | None:
     """Synthetic vs real per common label (MSE, SSIM), when both sets have labels."""
     from .paired import class_set_table
@@ -451,6 +459,7 @@ SECTIONS: list[Section] = [
     quality_section,
     c2st_section,
     distribution_section,
+    whole_set_fd,
     class_table_section,
     paired_section,
     memorisation_section,
@@ -485,9 +494,8 @@ def load_inputs(cfg: EvalConfig, log: Callable[[str], Any] = print) -> EvalInput
     real = load_subsampled(
         cfg.real, label=cfg.real_label, split=cfg.real_split, max_images=cfg.max_images, **load
     )
-    fake = load_subsampled(
-        cfg.fake, label=cfg.fake_label, split=cfg.fake_split, max_images=cfg.max_images, **load
-    )
+    fake_cap = in_memory_cap(cfg.fake, cfg.max_images)  # a generated dataset: capped; its FD streams all
+    fake = load_subsampled(cfg.fake, label=cfg.fake_label, split=cfg.fake_split, max_images=fake_cap, **load)
     train = None
     if cfg.train:
         train = load_subsampled(

@@ -203,8 +203,19 @@ def downstream_lines(r: dict) -> list[str]:
     ]
 
 
+def whole_set_fd_lines(r: dict) -> list[str]:
+    w = r["whole_set_fd"]
+    lines = ["", "## Whole-set Fréchet distance", "", w["note"] + ".", ""]
+    lines += ["| extractor | FD | real images | generated images |", "|---|---|---|---|"]
+    for name, d in w.items():
+        if isinstance(d, dict):
+            lines.append(f"| {name} | {d['frechet_distance']:.4g} | {d['n_real']} | {d['n_fake']} |")
+    return lines
+
+
 SECTION_MARKDOWN = {
     "distribution": distribution_lines,
+    "whole_set_fd": whole_set_fd_lines,
     "degenerate": quality_lines,
     "class_set_table": class_table_lines,
     "paired": paired_lines,

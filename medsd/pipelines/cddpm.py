@@ -108,8 +108,8 @@ def to_mask(mask: Any) -> torch.Tensor:
 
 @dataclass
 class MedCDDPMPipelineOutput(BaseOutput):
-    """``images``: ``B * num_samples`` restorations (input-major: the samples of input 0 first), as
-    ``output_type`` asks. With ``num_samples > 1``: ``mean`` (the per-pixel mean of each input's samples,
+    """``images``: ``B * num_images_per_prompt`` restorations (input-major: the samples of input 0 first), as
+    ``output_type`` asks. With more than one sample per input: ``mean`` (the per-pixel mean of each input's samples,
     same type as ``images``, ``B`` of them) and ``std`` (per-pixel standard deviation; float ``[B, H, W]`` in
     units of the [0, 1] intensity range, or a tensor ``[B, 1, H, W]`` in [-1, 1] units for ``output_type="pt"``).
     ``condition``: the model-space condition ``[B, cond_channels, H, W]`` the samples were drawn from."""
@@ -144,7 +144,9 @@ class MedCDDPMPipeline(MedUNetPipeline):
     inpainting).
     """
 
-    _call_example = "image=degraded_images, num_samples=4"
+    _call_example = (
+        "image=degraded_images, num_samples=4"  # as in saved shims, which medsd recognises by text
+    )
 
     @property
     def task(self) -> str | None:
@@ -199,13 +201,20 @@ class MedCDDPMPipeline(MedUNetPipeline):
         fill = float((self.medsd_metadata or {}).get("degradation", {}).get("fill", 0.0))
         return masked_condition(x, m, fill), m, x
 
+    def default_num_inference_steps(self, sampler: str | None = None) -> int:
+        """All training steps for the ancestral DDPM sampler (the paper), else the fast sampler's default
+        (:data:`medsd.pipelines.samplers.FAST_STEPS`); ``sampler``: a ``sampler=`` name, default this
+        pipeline's scheduler."""
+        name = sampler or sampler_name(self.scheduler)
+        return int(self.scheduler.config.num_train_timesteps) if name == "ddpm" else DEFAULT_FAST_STEPS[name]
+
     @torch.no_grad()
     def __call__(
         self,
         image: Any,
         mask: Any = None,
         num_inference_steps: int | None = None,
-        num_samples: int = 1,
+        num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         keep_known_pixels: bool = True,
@@ -214,49 +223,77 @@ class MedCDDPMPipeline(MedUNetPipeline):
         image_size: int | tuple[int, int] | None = None,
         return_dict: bool = True,
         autocast_dtype: torch.dtype | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_samples: int | None = None,
     ) -> MedCDDPMPipelineOutput | tuple:
-        """Draw ``num_samples`` restorations of each degraded image.
+        """Draw ``num_images_per_prompt`` restorations of each degraded image.
 
         Args:
             image: degraded image(s): tensor in [-1, 1] (``[B, 1, H, W]``), float array in [0, 1], uint8 array or
                 PIL. For super-resolution either the low-resolution image or its interpolation.
             mask: inpainting only; 1 (or white) = missing.
-            num_inference_steps: default: all training steps for the DDPM sampler (the paper), 50 for DDIM, 25
-                for DPM-Solver.
-            num_samples: samples per input; with more than one, ``mean`` and ``std`` maps are returned too.
+            num_inference_steps: default :meth:`default_num_inference_steps` (all training steps for the DDPM
+                sampler, as the paper samples; 50 for DDIM, 25 for DPM-Solver and UniPC).
+            num_images_per_prompt: samples per input (diffusers' name; ``num_samples`` is the same); with more
+                than one, ``mean`` and ``std`` maps are returned too.
             generator: a ``torch.Generator`` (or one per sample) for reproducible output.
             output_type: "pil", "np", "pt", "uint16" or "native" (see ``medsd.pipelines.output.postprocess``).
             keep_known_pixels: inpainting: at every step replace the known pixels by the original noised to the
                 next timestep (RePaint-style), and return the known pixels exactly as given.
             task: "sr", "denoise" or "inpaint" (default: the saved task).
-            sampler: "ddpm", "ddim" or "dpm": sample with a scheduler built from this pipeline's scheduler config
-                (the pipeline's own scheduler is left unchanged). Default: the pipeline's scheduler.
-            image_size: super-resolution output size (default: the U-Net's ``sample_size``).
+            sampler: "ddpm", "ddim", "dpm" or "unipc": sample with a scheduler built from this pipeline's
+                scheduler config (the pipeline's own scheduler is left unchanged). Default: the pipeline's.
+            image_size, height, width: super-resolution output size (default: the U-Net's ``sample_size``).
             autocast_dtype: run the U-Net under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16`` on
                 CPUs with native bf16); the sampler's arithmetic stays in the image dtype.
         """
+        num_samples = num_images_per_prompt if num_samples is None else num_samples
         if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_samples}")
         task = task or self.task or "sr"
+        if height or width:
+            image_size = (height or width, width or height)
         cond, m, x_in = self.prepare_condition(image, mask, task, image_size)
-        device, dtype = self._execution_device, self.unet.dtype
         scheduler = make_scheduler(sampler, self.scheduler.config) if sampler else self.scheduler
-        if num_inference_steps is None:
-            if isinstance(scheduler, DDPMScheduler):
-                num_inference_steps = scheduler.config.num_train_timesteps
-            else:
-                num_inference_steps = DEFAULT_FAST_STEPS[sampler_name(scheduler)]
+        steps = num_inference_steps or self.default_num_inference_steps(sampler)
+        inpaint_mask = m if task == "inpaint" and keep_known_pixels else None
+        x = self._sample(cond, x_in, inpaint_mask, num_samples, scheduler, steps, generator, autocast_dtype)
+        mean = std = None
+        if num_samples > 1:
+            b = cond.shape[0]
+            mean_t, std_t = sample_statistics(x.clamp(-1, 1).reshape(b, num_samples, *x.shape[1:]))
+            if inpaint_mask is not None:
+                mean_t = torch.where(m > 0.5, mean_t, x_in.float())
+            mean = postprocess(mean_t, output_type, self.intensity_mapping)
+            std = std_t if output_type == "pt" else (std_t[:, 0] / 2).cpu().numpy().astype(np.float32)
+        images = postprocess(x, output_type, self.intensity_mapping)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images, mean, std)
+        return MedCDDPMPipelineOutput(images=images, mean=mean, std=std, condition=cond)
 
-        b = cond.shape[0]
-        n = b * num_samples
+    def _sample(
+        self,
+        cond: torch.Tensor,
+        x_in: torch.Tensor,
+        inpaint_mask: torch.Tensor | None,
+        num_samples: int,
+        scheduler: Any,
+        num_inference_steps: int,
+        generator: Any,
+        autocast_dtype: torch.dtype | None,
+    ) -> torch.Tensor:
+        """The denoising loop: ``num_samples`` float32 images ``[-1, 1]`` per condition (input-major); with an
+        ``inpaint_mask`` the known pixels are re-noised at every step and returned as given."""
+        device, dtype = self._execution_device, self.unet.dtype
+        n = cond.shape[0] * num_samples
         cond_rep = cond.repeat_interleave(num_samples, dim=0).to(dtype)
         shape = (n, self.unet.config.out_channels, *cond.shape[-2:])
         x = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
-        inpaint = task == "inpaint" and keep_known_pixels
-        if inpaint:
+        if inpaint_mask is not None:
             known = x_in.repeat_interleave(num_samples, dim=0).to(dtype)
-            missing = m.repeat_interleave(num_samples, dim=0).to(device) > 0.5
-
+            missing = inpaint_mask.repeat_interleave(num_samples, dim=0).to(device) > 0.5
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
         # stochastic schedulers take the generator; deterministic ones (e.g. UniPC) have no such argument
@@ -267,26 +304,14 @@ class MedCDDPMPipeline(MedUNetPipeline):
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 eps = denoise(self.unet, model_input, cond_rep, t).to(x.dtype)
             x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
-            if inpaint and i + 1 < len(timesteps):
+            if inpaint_mask is not None and i + 1 < len(timesteps):
                 noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
                 t_prev = timesteps[i + 1].reshape(1).expand(n)
                 x = torch.where(missing, x, scheduler.add_noise(known, noise, t_prev))
         x = x.float()
-        if inpaint:
+        if inpaint_mask is not None:
             x = torch.where(missing, x.clamp(-1, 1), x_in.repeat_interleave(num_samples, dim=0).float())
-
-        mean = std = None
-        if num_samples > 1:
-            mean_t, std_t = sample_statistics(x.clamp(-1, 1).reshape(b, num_samples, *x.shape[1:]))
-            if inpaint:
-                mean_t = torch.where(m > 0.5, mean_t, x_in.float())
-            mean = postprocess(mean_t, output_type, self.intensity_mapping)
-            std = std_t if output_type == "pt" else (std_t[:, 0] / 2).cpu().numpy().astype(np.float32)
-        images = postprocess(x, output_type, self.intensity_mapping)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images, mean, std)
-        return MedCDDPMPipelineOutput(images=images, mean=mean, std=std, condition=cond)
+        return x
 
 
 __all__ = [

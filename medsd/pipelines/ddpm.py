@@ -82,6 +82,12 @@ class MedDDPMPipeline(MedUNetPipeline):
             return "DDPMPipeline"
         return super()._saved_class_name()
 
+    def default_num_inference_steps(self) -> int:
+        """All training steps for ``DDPMScheduler`` (ancestral sampling), 25 for the fast samplers."""
+        if isinstance(self.scheduler, DDPMScheduler):
+            return int(self.scheduler.config.num_train_timesteps)
+        return DEFAULT_FAST_STEPS
+
     @torch.no_grad()
     def __call__(
         self,
@@ -92,22 +98,24 @@ class MedDDPMPipeline(MedUNetPipeline):
         image_size: int | tuple[int, int] | None = None,
         return_dict: bool = True,
         autocast_dtype: torch.dtype | None = None,
+        height: int | None = None,
+        width: int | None = None,
     ) -> MedImagePipelineOutput | tuple:
         """Sample ``batch_size`` images.
 
         Args:
-            num_inference_steps: defaults to all training steps for ``DDPMScheduler`` and 25 otherwise.
+            num_inference_steps: default :meth:`default_num_inference_steps`.
             output_type: "pil" (mode "L"), "np" (float in [0, 1]), "pt" (tensor in [-1, 1]), "uint16",
                 or "native" (original units, e.g. HU, through the saved intensity mapping).
-            image_size: output size (int or (H, W)); defaults to the U-Net's ``sample_size``.
+            height, width: output size (diffusers' names); default ``image_size`` (int or (H, W)), else the
+                U-Net's ``sample_size``.
             autocast_dtype: run the U-Net under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``,
                 2x faster on CPUs with native bf16); the sampler's arithmetic stays in the image dtype.
         """
         size = image_size or self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else size
-        if num_inference_steps is None:
-            is_ddpm = isinstance(self.scheduler, DDPMScheduler)
-            num_inference_steps = self.scheduler.config.num_train_timesteps if is_ddpm else DEFAULT_FAST_STEPS
+        size_h, size_w = (size, size) if isinstance(size, int) else size
+        height, width = height or size_h, width or size_w
+        num_inference_steps = num_inference_steps or self.default_num_inference_steps()
         shape = (batch_size, self.unet.config.out_channels, height, width)
         image = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         image = image * self.scheduler.init_noise_sigma

@@ -110,22 +110,35 @@ class TextToXRayPipeline(MedPipelineMixin, StableDiffusionPipeline):
         return PromptTemplate(self.prompt_template or "{label}").format(label=label, **fields) or ""
 
     # -- generation --------------------------------------------------------------------------------
+    def default_num_inference_steps(self) -> int:
+        """The steps the model was saved with (``medsd_info``), else 75."""
+        return int(self.info.get("default_num_inference_steps") or DEFAULT_NUM_INFERENCE_STEPS)
+
+    def default_guidance_scale(self) -> float:
+        """The guidance scale the model was saved with (``medsd_info``), else 4."""
+        return float(self.info.get("default_guidance_scale") or DEFAULT_GUIDANCE_SCALE)
+
     @torch.no_grad()
     def __call__(
         self,
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
         output_type: str = "pil",
         num_images_per_prompt: int = 1,
         return_dict: bool = True,
+        autocast_dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> TextToXRayPipelineOutput | tuple:
-        """Generate X-rays; ``output_type``: pil (mode "L"), np ([B, H, W] in [0, 1]), uint16, native, pt."""
+        """Generate X-rays; ``output_type``: pil (mode "L"), np ([B, H, W] in [0, 1]), uint16, native, pt.
+        Steps and guidance default to the saved ones (:meth:`default_num_inference_steps`,
+        :meth:`default_guidance_scale`); ``autocast_dtype`` runs the networks under ``torch.autocast``."""
+        num_inference_steps = num_inference_steps or self.default_num_inference_steps()
+        guidance_scale = self.default_guidance_scale() if guidance_scale is None else guidance_scale
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if isinstance(negative_prompt, str):  # diffusers wants a list when the prompts are a list
             negative_prompt = [negative_prompt] * len(prompts)
@@ -136,22 +149,23 @@ class TextToXRayPipeline(MedPipelineMixin, StableDiffusionPipeline):
             cak = dict(kwargs.pop("cross_attention_kwargs", None) or {})
             cak.setdefault("scale", self.lora_scale)
             kwargs["cross_attention_kwargs"] = cak
-        rgb = (
-            super()
-            .__call__(
-                prompts,
-                negative_prompt=negative_prompt,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                generator=generator,
-                height=height,
-                width=width,
-                num_images_per_prompt=num_images_per_prompt,
-                output_type="pt",
-                **kwargs,
+        with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            rgb = (
+                super()
+                .__call__(
+                    prompts,
+                    negative_prompt=negative_prompt,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    generator=generator,
+                    height=height,
+                    width=width,
+                    num_images_per_prompt=num_images_per_prompt,
+                    output_type="pt",
+                    **kwargs,
+                )
+                .images
             )
-            .images
-        )
         gray = rgb.float().mean(dim=1, keepdim=True) * 2 - 1
         images = postprocess(gray, output_type, self.intensity_mapping)
         expanded = [p for p in prompts for _ in range(num_images_per_prompt)]
