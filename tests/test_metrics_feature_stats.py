@@ -129,6 +129,8 @@ def test_eval_of_a_generated_dataset_reports_the_fd_of_every_image_beyond_max_im
     assert report["sets"]["fake"]["n_images"] == 6  # the in-memory metrics see a capped subsample
     whole = report["whole_set_fd"]["radiomics"]
     assert whole["n_fake"] == 14 and whole["n_real"] == 12 and whole["frechet_distance"] > 0
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "## Whole-set Fréchet distance" in markdown and "| radiomics |" in markdown
     # without --max_images a generated dataset is still not loaded whole: at most IN_MEMORY_IMAGES of it
     monkeypatch.setattr(dataset_fd, "IN_MEMORY_IMAGES", 5)
     uncapped = EvalConfig(**{**cfg.__dict__, "max_images": None, "out": str(tmp_path / "o2")})
