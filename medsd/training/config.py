@@ -74,6 +74,27 @@ class TrainConfig:
     """Hub token (default: HF_TOKEN or `huggingface-cli login`); never printed or saved."""
     progress_bar: bool = True
     """A tqdm bar; without it a line (step, loss, it/s, ETA) is printed at logging steps, at most every 30 s."""
+    # differential privacy (DP-SGD through Opacus; docs/privacy.md)
+    dp: bool = False
+    """Train with DP-SGD: per-unit clipping, Gaussian noise, Poisson sampling at rate train_batch_size / N
+    units; the (ε, δ) spent goes into the logs, train_summary.json and the model card."""
+    dp_target_epsilon: float | None = None
+    """With --dp: choose the noise multiplier that spends this ε over max_train_steps (or give
+    dp_noise_multiplier)."""
+    dp_noise_multiplier: float | None = None
+    """With --dp: the Gaussian noise std as a multiple of dp_max_grad_norm (instead of dp_target_epsilon)."""
+    dp_delta: float | None = None
+    """δ of (ε, δ)-DP (default 1 / (10 N), N the number of privacy units)."""
+    dp_max_grad_norm: float = 1.0
+    """Per-unit gradient clipping norm (replaces max_grad_norm under --dp)."""
+    dp_augmentation_multiplicity: int = 1
+    """Noise draws and timesteps per unit, averaged before clipping (K)."""
+    dp_unit: str = "image"
+    """The privacy unit: image, or patient (ids from patient_column / patient_id_pattern)."""
+    dp_max_images_per_patient: int = 4
+    """With --dp_unit patient: at most this many of a sampled patient's images per step."""
+    dp_accountant: str = "rdp"
+    """Opacus accountant: rdp, prv or gdp."""
 
 
 def steps_for_epochs(epochs: int, n_images: int, config: TrainConfig) -> int:
@@ -313,7 +334,15 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 _AT_LEAST = {
     **dict.fromkeys(
-        ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "logging_steps"), 1
+        (
+            "max_train_steps",
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "dp_augmentation_multiplicity",
+            "dp_max_images_per_patient",
+        ),
+        1,
     ),
     **dict.fromkeys(
         (
@@ -324,11 +353,12 @@ _AT_LEAST = {
             "dataloader_num_workers",
             "max_grad_norm",
             "adam_weight_decay",
+            "dp_noise_multiplier",
         ),
         0,
     ),
 }
-_POSITIVE = ("learning_rate", "adam_epsilon", "max_train_minutes")
+_POSITIVE = ("learning_rate", "adam_epsilon", "max_train_minutes", "dp_target_epsilon", "dp_max_grad_norm")
 _UNIT_INTERVAL = ("adam_beta1", "adam_beta2", "ema_decay")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 
@@ -341,6 +371,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from medsd.data.build import INTENSITY_CHOICES, SPLIT_CHOICES
     from medsd.models import PRESETS
 
+    from .dp import DP_ACCOUNTANTS, DP_UNITS
     from .task import PREDICTION_TYPES
 
     return {
@@ -351,6 +382,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "intensity": INTENSITY_CHOICES,
         "split": SPLIT_CHOICES,
         "model": tuple(sorted(PRESETS)),
+        "dp_unit": DP_UNITS,
+        "dp_accountant": DP_ACCOUNTANTS,
     }
 
 
@@ -373,3 +406,6 @@ def check_ranges(config: TrainConfig) -> None:
         raise bad("checkpoints_total_limit", "a number >= 1 (or none for no limit)")
     if config.mixed_precision not in MIXED_PRECISIONS:
         raise bad("mixed_precision", " / ".join(MIXED_PRECISIONS))
+    from .dp import check_dp_config
+
+    check_dp_config(config)
