@@ -216,9 +216,13 @@ class DPTraining:
     def wrap(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer) -> Any:
         """Opacus' per-sample gradient hooks on the modules being trained (which the task keeps calling as
         before) and its ``DPOptimizer`` around ``optimizer``."""
+        import warnings
+
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
+        # inputs (images, timesteps) need no gradient; torch warns about that once per hooked module
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         trained = trainable_modules(modules)
         refuse_batch_statistics(trained)
         self.hooked = [GradSampleModule(m, loss_reduction="mean", strict=False) for m in trained.values()]
@@ -232,7 +236,9 @@ class DPTraining:
         )
         return self.optimizer
 
-    def batches(self, dataset: Any, task: Any, config: Any, accelerator: Any, start_step: int) -> Iterator[Any]:
+    def batches(
+        self, dataset: Any, task: Any, config: Any, accelerator: Any, start_step: int
+    ) -> Iterator[Any]:
         """(batch or None when no unit was sampled, owner tensor) for each step from ``start_step`` on
         (``batch_stream``'s signature; a DP step is one micro-batch)."""
         from .batches import to_device
@@ -374,6 +380,16 @@ def privacy_section(record: dict[str, Any]) -> str:
         f"| augmentation multiplicity | {record['augmentation_multiplicity']} |\n\n"
         "DP bounds what the model can reveal about any one unit; it does not make the images clinically "
         "correct, nor protect information shared by many units (see medsd's docs/privacy.md).\n"
+    )
+
+
+def privacy_line(record: dict[str, Any]) -> str:
+    """One sentence for a generated dataset's card: the images inherit the model's guarantee (post-processing)."""
+    eps = record["epsilon"]
+    return (
+        f"differential privacy: the model was trained with DP-SGD, (ε = {eps:.3g}, δ = {record['delta']:.3g}) per "
+        f"{record['unit']} ({record['accountant']} accountant, {record['steps']} steps); images generated from it "
+        "keep that guarantee (post-processing)"
     )
 
 
