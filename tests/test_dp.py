@@ -263,3 +263,41 @@ def test_generated_dataset_card_carries_the_models_guarantee(tmp_path):
     (data / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png"}) + "\n")
     card = write_dataset_card(data, {"model": str(model), "family": "ddpm"}).read_text()
     assert "- differential-privacy" in card and "ε = 3" in card and "per patient" in card
+
+
+def test_sd_lora_trains_privately_with_only_its_adapters(tmp_path):
+    from safetensors.torch import load_file
+    from sd_fixtures import quick_config, run_training
+
+    from medsd.pipelines.random_sd import save_random_sd_pipeline
+
+    base = save_random_sd_pipeline(tmp_path / "base")
+    cfg = quick_config(
+        base,
+        tmp_path / "lora",
+        phantom_count=16,
+        max_train_steps=3,
+        dp=True,
+        dp_noise_multiplier=1.0,
+        dp_augmentation_multiplicity=2,
+    )
+    task, result = run_training(cfg)
+    rec = _summary(tmp_path / "lora")
+    assert result.global_step == 3 and rec["steps"] == 3 and rec["epsilon"] > 0
+    lora = load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+    assert lora and all("lora" in k for k in lora)
+    assert "- differential-privacy" in (tmp_path / "lora" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("task", ["sr", "inpaint"])
+def test_cddpm_trains_privately(tmp_path, task):
+    from test_cddpm_training import tiny_config
+
+    from medsd.training.cddpm import CDDPMTask
+    from medsd.training.core import train
+
+    config = tiny_config(tmp_path, task, dp=True, dp_target_epsilon=5.0, dp_augmentation_multiplicity=2)
+    result = train(CDDPMTask(config), config)
+    rec = _summary(result.output_dir)
+    assert result.global_step == 4 and 4.5 <= rec["epsilon"] <= 5.0 + 1e-6
+    assert "## Differential privacy" in (result.output_dir / "README.md").read_text()

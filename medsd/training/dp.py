@@ -151,7 +151,14 @@ def group_grad_samples(params: list[nn.Parameter], owner: torch.Tensor, n_units:
     counts = torch.bincount(owner, minlength=n_units).clamp(min=1)
     for p in params:
         gs = p.grad_sample
-        if gs is None:
+        if (
+            gs is None and p.grad is not None
+        ):  # a layer Opacus has no per-sample rule for: never train it blind
+            raise MedsdConfigError(
+                f"--dp: Opacus computed no per-sample gradient for a trainable parameter of shape {tuple(p.shape)}; "
+                "its layer type is not supported by Opacus' hooks"
+            )
+        if gs is None:  # not used by this loss (e.g. a frozen branch): no contribution
             gs = torch.zeros((len(owner), *p.shape), device=p.device, dtype=p.dtype)
         grouped = torch.zeros((n_units, *gs.shape[1:]), device=gs.device, dtype=gs.dtype)
         grouped.index_add_(0, owner.to(gs.device), gs)
@@ -163,7 +170,10 @@ def refuse_batch_statistics(modules: dict[str, nn.Module]) -> None:
     from opacus.validators import ModuleValidator
 
     for name, module in modules.items():
+        was_training = module.training
+        module.train()  # the validator checks training-time behaviour
         errors = ModuleValidator.validate(module, strict=False)
+        module.train(was_training)
         if errors:
             first = str(errors[0]).splitlines()[0]
             raise MedsdConfigError(
