@@ -352,6 +352,7 @@ def start_dp(config: Any, task: Any, accelerator: Any) -> DPTraining | None:
     """The run's :class:`DPTraining` under ``--dp`` (None without), after the checks that need the launch."""
     if not getattr(config, "dp", False):
         return None
+    check_dp_config(config)  # again: a task built without seeded_task skipped it
     if accelerator.num_processes > 1:
         raise MedsdConfigError(
             "--dp: multi-process training is not supported with DP yet (Opacus' distributed path is not "
