@@ -301,3 +301,28 @@ def test_cddpm_trains_privately(tmp_path, task):
     rec = _summary(result.output_dir)
     assert result.global_step == 4 and 4.5 <= rec["epsilon"] <= 5.0 + 1e-6
     assert "## Differential privacy" in (result.output_dir / "README.md").read_text()
+
+
+NIH = Path("/work/shared/data/nih_cxr14/metadata.csv")
+
+
+@pytest.mark.skipif(not NIH.is_file(), reason="the NIH development images are not on this machine")
+def test_per_patient_privacy_on_real_patient_ids(tmp_path):
+    import csv
+
+    _train(
+        tmp_path / "run",
+        train_data=str(NIH),
+        label_column="label",
+        patient_column="patient_id",
+        max_samples=120,
+        max_train_steps=2,
+        dp_unit="patient",
+        dp_max_images_per_patient=2,
+    )
+    rec = _summary(tmp_path / "run")
+    assert rec["unit"] == "patient" and rec["max_images_per_patient"] == 2
+    with open(NIH, newline="") as f:
+        patients = {row["patient_id"] for row in csv.DictReader(f)}
+    assert rec["n_units"] <= 120 and rec["n_units"] <= len(patients)
+    assert "one patient's images" in (tmp_path / "run" / "README.md").read_text()
