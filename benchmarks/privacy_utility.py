@@ -202,6 +202,31 @@ def run_row(args: argparse.Namespace, row: dict, out: Path, real: tuple, init_fr
     }
 
 
+def markdown_table(report: dict) -> str:
+    """The docs/privacy.md table of a report (``--table``)."""
+
+    def f(x, fmt=".3g"):
+        return "n/a" if x is None else format(x, fmt)
+
+    lines = [
+        "| training | ε spent (No Finding / Pneumonia) | noise σ | radiomics FD ↓ | audit: copies (valid) | "
+        "TSTR AUROC [95% CI] |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in report.get("rows", {}).items():
+        priv = [c.get("privacy") for c in r["per_class"].values()]
+        eps = " / ".join("∞" if p is None else f(p["epsilon"], ".2f") for p in priv)
+        sigma = " / ".join("0" if p is None else f(p["noise_multiplier"], ".2f") for p in priv)
+        ci = r.get("tstr_auroc_ci95") or [None, None]
+        fd = r.get("radiomics_fd") if r.get("radiomics_fd") is not None else r.get("radiomics_fd_all")
+        lines.append(
+            f"| {name} | {eps} | {sigma} | {f(fd, '.1f')} | {r.get('audit_copies')} / "
+            f"{r.get('audit_n_generated')} ({'valid' if r.get('audit_valid') else 'invalid'}) | "
+            f"{f(r.get('tstr_auroc'), '.3f')} [{f(ci[0], '.2f')}, {f(ci[1], '.2f')}] |"
+        )
+    return "\n".join(lines)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300)
@@ -218,6 +243,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", default=",".join(str(i) for i in range(len(ROWS))), help="row numbers to run")
     p.add_argument("--out", default="outputs/privacy_utility")
     p.add_argument("--json", default="docs/perf/privacy_utility_cpu.json")
+    p.add_argument("--table", action="store_true", help="print the markdown table of --json and stop")
     return p.parse_args(argv)
 
 
@@ -225,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out, path = Path(args.out), Path(args.json)
     report = json.loads(path.read_text()) if path.is_file() else {}
+    if args.table:
+        print(markdown_table(report))
+        return 0
     report.update(
         settings=vars(args), command="python benchmarks/privacy_utility.py " + " ".join(argv or sys.argv[1:])
     )
