@@ -128,6 +128,11 @@ def eval_command(fake: Path, out: Path, size: int) -> list[str]:
     ]  # fmt: skip
 
 
+def _dcr_median(mem: dict, which: str) -> float | None:
+    """Median registered-NCC distance of ``which`` images to their nearest training image (the audit's DCR)."""
+    return (((mem.get("dcr") or {}).get(which) or {}).get("registered_ncc") or {}).get("median")
+
+
 def score_eval(fake: Path, out: Path, size: int) -> dict:
     cmd = eval_command(fake, out, size)
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -147,6 +152,8 @@ def score_eval(fake: Path, out: Path, size: int) -> dict:
         "audit_copies": mem.get("n_copies"),
         "audit_valid": mem.get("valid"),
         "audit_problems": mem.get("problems"),
+        "dcr_median_ncc": _dcr_median(mem, "generated"),
+        "dcr_median_ncc_heldout_real": _dcr_median(mem, "heldout"),
         "audit_n_generated": len(list(fake.glob("*.png"))),
         "command": " ".join(cmd[1:]),
     }
@@ -210,8 +217,8 @@ def markdown_table(report: dict) -> str:
 
     lines = [
         "| training | ε spent (No Finding / Pneumonia) | noise σ | radiomics FD ↓ | audit: copies (valid) | "
-        "TSTR AUROC [95% CI] |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "median distance to nearest training image | TSTR AUROC [95% CI] |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in report.get("rows", {}).items():
         priv = [c.get("privacy") for c in r["per_class"].values()]
@@ -222,6 +229,7 @@ def markdown_table(report: dict) -> str:
         lines.append(
             f"| {name} | {eps} | {sigma} | {f(fd, '.1f')} | {r.get('audit_copies')} / "
             f"{r.get('audit_n_generated')} ({'valid' if r.get('audit_valid') else 'invalid'}) | "
+            f"{f(r.get('dcr_median_ncc'), '.3f')} (real held-out {f(r.get('dcr_median_ncc_heldout_real'), '.3f')}) | "
             f"{f(r.get('tstr_auroc'), '.3f')} [{f(ci[0], '.2f')}, {f(ci[1], '.2f')}] |"
         )
     return "\n".join(lines)
