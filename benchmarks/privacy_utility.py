@@ -30,6 +30,12 @@ ROWS = (
     {"name": "DP ε≈3, from scratch", "epsilon": 3.0, "pretrained": False},
     {"name": "DP ε≈10, fine-tuned from phantoms", "epsilon": 10.0, "pretrained": True},
     {"name": "DP ε≈3, fine-tuned from phantoms", "epsilon": 3.0, "pretrained": True},
+    {
+        "name": "DP ε≈10 per patient, fine-tuned from phantoms",
+        "epsilon": 10.0,
+        "pretrained": True,
+        "unit": "patient",
+    },
 )
 
 
@@ -67,6 +73,7 @@ def train_run(args: argparse.Namespace, row: dict, cls: str, out: Path, init_fro
             dp_target_epsilon=row["epsilon"],
             dp_max_grad_norm=args.clip,
             dp_augmentation_multiplicity=args.multiplicity,
+            dp_unit=row.get("unit", "image"),
         )
     result = train_ddpm(DDPMTrainConfig(**fields, output_dir=str(out)))
     summary = json.loads((out / "train_summary.json").read_text())
@@ -262,9 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(markdown_table(report))
         return 0
-    report.update(
-        settings=vars(args), command="python benchmarks/privacy_utility.py " + " ".join(argv or sys.argv[1:])
-    )
+    command = "python benchmarks/privacy_utility.py " + " ".join(argv or sys.argv[1:])
+    report.update(settings=vars(args), command=command)  # the latest; each row keeps its own below
     rows = report.setdefault("rows", {})
     real = real_sets(args)
     init_from = None
@@ -273,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         if row["pretrained"] and init_from is None:
             init_from = pretrain(args, out / "pretrained_phantom")
         t0 = time.perf_counter()
-        rows[row["name"]] = {**run_row(args, row, out / f"row{i}", real, init_from), "minutes": 0.0}
+        result = run_row(args, row, out / f"row{i}", real, init_from)
+        rows[row["name"]] = {**result, "benchmark_command": command, "minutes": 0.0}
         rows[row["name"]]["minutes"] = (time.perf_counter() - t0) / 60
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
