@@ -663,7 +663,7 @@ def run_training_workload(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Interleave ``rounds`` stock and medsd runs; summarise each side."""
-    from medsd.training.core import resolve_mixed_precision
+    from medsd.training.precision import resolve_mixed_precision
 
     stock_rounds, medsd_rounds = [], []
     stock_mem = medsd_mem = 0
@@ -877,7 +877,7 @@ def _time_calls(fn_a: Callable[[], Any], fn_b: Callable[[], Any], rounds: int, d
 
 
 def medsd_autocast_dtype(ctx: dict[str, Any]) -> torch.dtype | None:
-    from medsd.training.core import resolve_mixed_precision
+    from medsd.training.precision import resolve_mixed_precision
 
     prec = resolve_mixed_precision(ctx["cfg"]["medsd_precision"])
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec or "no")

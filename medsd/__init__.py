@@ -121,6 +121,8 @@ _EXPORTS: dict[str, str] = {
     "train_ddpm": "medsd.training.ddpm",
     # training
     "TrainConfig": "medsd.training.config",
+    "DPTraining": "medsd.training.dp",
+    "PoissonUnitSampler": "medsd.training.dp",
     "TrainingTask": "medsd.training.core",
     "UNetDiffusionTask": "medsd.training.diffusion_task",
     "UNetDiffusionArgs": "medsd.training.diffusion_task",

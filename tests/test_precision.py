@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medsd.training import precision
-from medsd.training.core import resolve_mixed_precision
+from medsd.training.precision import resolve_mixed_precision
 
 
 @pytest.fixture

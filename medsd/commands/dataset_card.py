@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from medsd.training.dp import PRIVACY_TAG, model_privacy, privacy_line
 from medsd.training.model_card import NOT_FOR_DIAGNOSIS, evaluation_section
 
 CARD_FILE = "README.md"
@@ -34,7 +35,8 @@ def _front_matter(prov: dict[str, Any], n: int, license_id: str, labelled: bool)
         task_categories=TASKS.get(prov.get("family", ""), [])
         + (["image-classification"] if labelled else []),
         size_categories=[size_category(n)],
-        tags=[*REQUIRED_TAGS, "medsd", prov.get("family", "")],
+        tags=[*REQUIRED_TAGS, "medsd", prov.get("family", "")]
+        + ([PRIVACY_TAG] if model_privacy(prov.get("model")) else []),
         pretty_name=f"Synthetic {prov.get('family', '')} images (medsd)",
     )
     return f"---\n{data.to_yaml()}\n---\n"
@@ -52,6 +54,9 @@ def _made_section(prov: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- precision {prov.get('dtype')}, device {prov.get('device')}, drawing {prov.get('batching')}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items()),
     ]
+    privacy = model_privacy(prov.get("model"))
+    if privacy:
+        lines.append("- " + privacy_line(privacy))
     if labels:
         lines.append("- images per label: " + ", ".join(f"{k}: {v}" for k, v in sorted(labels.items())))
     return "\n".join(lines)

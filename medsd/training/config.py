@@ -24,6 +24,8 @@ from medsd.flags import (
 
 T = TypeVar("T")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+DP_UNITS = ("image", "patient")
+DP_ACCOUNTANTS = ("rdp", "prv", "gdp")
 
 
 def scheduler_names() -> tuple[str, ...]:
@@ -112,6 +114,41 @@ class TrainConfig(metaclass=AliasedInit):
         help="A tqdm bar; without it a line (step, loss, it/s, ETA) is printed at logging steps, at most every "
         "30 s.",
     )
+    # differential privacy (DP-SGD through Opacus; medsd.training.dp, docs/privacy.md)
+    dp: bool = flag(
+        False,
+        help="Train with DP-SGD: per-unit clipping, Gaussian noise, Poisson sampling at rate train_batch_size / N "
+        "units; the (ε, δ) spent goes into the logs, train_summary.json and the model card.",
+    )
+    dp_target_epsilon: float | None = flag(
+        None,
+        positive=True,
+        help="With --dp: choose the noise multiplier that spends this ε over max_train_steps (or give "
+        "dp_noise_multiplier).",
+    )
+    dp_noise_multiplier: float | None = flag(
+        None,
+        min=0,
+        help="With --dp: the Gaussian noise std as a multiple of dp_max_grad_norm (instead of ε).",
+    )
+    dp_delta: float | None = flag(
+        None, help="δ of (ε, δ)-DP, in (0, 1) (default 1 / (10 N), N the number of privacy units)."
+    )
+    dp_max_grad_norm: float = flag(
+        1.0, positive=True, help="Per-unit gradient clipping norm (replaces max_grad_norm under --dp)."
+    )
+    dp_augmentation_multiplicity: int = flag(
+        1, min=1, help="Noise draws and timesteps per unit, averaged before clipping (K)."
+    )
+    dp_unit: str = flag(
+        "image",
+        choices=DP_UNITS,
+        help="The privacy unit: image, or patient (ids from patient_column / patient_id_pattern).",
+    )
+    dp_max_images_per_patient: int = flag(
+        4, min=1, help="With --dp_unit patient: at most this many of a sampled patient's images per step."
+    )
+    dp_accountant: str = flag("rdp", choices=DP_ACCOUNTANTS, help="Opacus accountant: rdp, prv or gdp.")
 
 
 def steps_for_epochs(epochs: int, n_images: int, config: TrainConfig) -> int:
@@ -164,9 +201,14 @@ def check_ranges(config: TrainConfig) -> None:
     would save the random initial weights as a finished model; ``--gradient_accumulation_steps 0`` would
     never run a backward pass): each field's range and choices, from its :func:`~medsd.flags.flag`."""
     check_field_values(config)
+    from .dp import check_dp_config
+
+    check_dp_config(config)
 
 
 __all__ = [
+    "DP_ACCOUNTANTS",
+    "DP_UNITS",
     "MIXED_PRECISIONS",
     "TrainConfig",
     "check_ranges",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,8 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import TrainConfig, save_config
+from .dp import SUMMARY_KEY, start_dp
+from .precision import resolve_mixed_precision
 from .run_guard import (
     OutputDirLock,
     apply_config_to_state,
@@ -61,29 +62,6 @@ class TrainResult:
     seconds: float
     log_times: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     """(step, seconds since the loop started) at every logging step: step times for benchmarks."""
-
-
-def resolve_mixed_precision(requested: str) -> str | None:
-    """'auto' picks bf16 on GPUs that support it, fp16 on other CUDA GPUs, bf16 on CPUs with native
-    bf16 (``precision.cpu_has_native_bf16``) and no on other CPUs.
-
-    Returns None when accelerate's own configuration (``accelerate launch --mixed_precision``) should
-    decide, so a precision given to accelerate is honoured.
-    """
-    if requested != "auto":
-        return requested
-    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
-        return None
-    from .precision import auto_mixed_precision
-
-    return auto_mixed_precision()
-
-
-def weight_dtype_for(accelerator: Any) -> torch.dtype:
-    """dtype for frozen weights under the accelerator's mixed precision."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        str(accelerator.mixed_precision), torch.float32
-    )
 
 
 def effective_learning_rate(config: TrainConfig, num_processes: int) -> float:
@@ -149,6 +127,7 @@ class Trainer:
         self.log_times: list[tuple[int, float]] = []
         self.ema: Any = None
         self.last_good_checkpoint: Path | None = None
+        self.dp: Any = None
 
     # -- prepare -------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -163,7 +142,7 @@ class Trainer:
         self.log_with = _tracker(config)
         self.accelerator = accelerator = Accelerator(
             cpu=accelerator_cpu_flag(),
-            mixed_precision=resolve_mixed_precision(config.mixed_precision),
+            mixed_precision=resolve_mixed_precision("no" if config.dp else config.mixed_precision),
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=self.log_with,
             project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(RunFolder(out).logs)),
@@ -186,6 +165,9 @@ class Trainer:
             raise ValueError("the task has no trainable parameters")
         self.learning_rate = effective_learning_rate(config, accelerator.num_processes)
         optimizer = _make_optimizer(config, self.params, self.learning_rate)
+        self.dp = start_dp(config, self.task, accelerator)
+        if self.dp is not None:  # Opacus' per-sample hooks and its clipping, noising optimizer
+            optimizer = self.dp.wrap(modules, optimizer)
         lr_scheduler = get_scheduler(
             config.lr_scheduler,
             optimizer=optimizer,
@@ -241,6 +223,8 @@ class Trainer:
                 self.optimizer, self.lr_scheduler, self.ema, self.config, self.learning_rate
             )
             self.global_step, self.history = read_checkpoint_meta(ckpt)
+            if self.dp is not None:
+                self.dp.load_state(ckpt)
             self.accelerator.print(f"Resumed from {ckpt} at step {self.global_step}.")
         self.last_good_checkpoint = find_checkpoint(self.output_dir, "latest")
         if self.accelerator.is_main_process:  # the record of this run, once its checkpoint has loaded
@@ -250,9 +234,8 @@ class Trainer:
         """The deterministic micro-batch stream, continuing where a resumed run stopped."""
         self.dataset = self.task.train_dataset()
         self.start_micro = self.global_step * self.config.gradient_accumulation_steps
-        self.batch_iter = batch_stream(
-            self.dataset, self.task, self.config, self.accelerator, self.start_micro
-        )
+        stream = self.dp.batches if self.dp is not None else batch_stream
+        self.batch_iter = stream(self.dataset, self.task, self.config, self.accelerator, self.start_micro)
 
     # -- one optimisation step -----------------------------------------------------------------------
     def step(self) -> None:
@@ -260,7 +243,7 @@ class Trainer:
         acc, config = self.accelerator, self.config
         for m in self.modules.values():
             m.train()
-        for _ in range(config.gradient_accumulation_steps):
+        for _ in range(0 if self.dp is not None else config.gradient_accumulation_steps):
             batch = next(self.batch_iter)
             with acc.accumulate(*self.modules.values()):
                 loss = self.task.loss(batch, self.modules, acc)
@@ -271,6 +254,8 @@ class Trainer:
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+        if self.dp is not None:
+            self.dp.step(self)
         self.global_step += 1
         if self.ema is not None:
             self.ema.step(acc.unwrap_model(self.modules[self.task.ema_module]).parameters())
@@ -317,12 +302,13 @@ class Trainer:
         self.history.append((self.global_step, avg))
         self.log_times.append((self.global_step, now - self.t_start))
         self.progress.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}", it_s=f"{steps_per_s:.2f}")
-        self._log_line(avg, lr, steps_per_s, now)
+        eps = {"epsilon": self.dp.epsilon()} if self.dp is not None else {}
+        self._log_line(avg, lr, steps_per_s, now, eps)
         self.accelerator.log(
-            {"train_loss": avg, "lr": lr, "steps_per_second": steps_per_s}, step=self.global_step
+            {"train_loss": avg, "lr": lr, "steps_per_second": steps_per_s, **eps}, step=self.global_step
         )
 
-    def _log_line(self, loss: float, lr: float, steps_per_s: float, now: float) -> None:
+    def _log_line(self, loss: float, lr: float, steps_per_s: float, now: float, eps: dict) -> None:
         """Without a progress bar, one line at most every 30 s (and at the last step): a silent run looks hung."""
         config, step = self.config, self.global_step
         if config.progress_bar or not self.accelerator.is_local_main_process:
@@ -333,7 +319,8 @@ class Trainer:
         eta = (config.max_train_steps - step) / max(steps_per_s, 1e-9)
         self.accelerator.print(
             f"step {step}/{config.max_train_steps} loss {loss:.4f} lr {lr:.2e} {steps_per_s:.2f} it/s "
-            f"elapsed {_clock(now - self.t_start)} ETA {_clock(eta)}",
+            + "".join(f"ε {v:.3g} " for v in eps.values())
+            + f"elapsed {_clock(now - self.t_start)} ETA {_clock(eta)}",
             flush=True,
         )
 
@@ -358,6 +345,8 @@ class Trainer:
             "config_class": type(self.config).__name__,
             "config": config_record(self.config),
         }
+        if self.dp is not None:
+            meta[SUMMARY_KEY] = self.dp.state()
         self.last_good_checkpoint = save_checkpoint(
             self.accelerator, self.output_dir, self.global_step, meta, self.config.checkpoints_total_limit
         )
@@ -481,6 +470,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.copy_to(unwrapped[self.task.ema_module].parameters())
             self.task.save(stage, unwrapped, acc)
+            privacy = self.dp.summary(self.global_step, stage) if self.dp is not None else None
             save_config(config, stage / "training_config.yaml")
             save_loss_curve(self.history, stage / "loss_curve.png")
             summary = {
@@ -492,6 +482,7 @@ class Trainer:
                 "loss_history": self.history,
                 "log_times": self.log_times,
                 "stopped_by": "max_train_minutes" if self.stopped_by_time else None,
+                **({SUMMARY_KEY: privacy} if privacy is not None else {}),
             }
             (stage / RUN_FINISHED).write_text(json.dumps(summary, indent=1))
             publish_final(stage, out)
@@ -584,8 +575,6 @@ __all__ = [
     "diffusion_target",
     "effective_learning_rate",
     "list_checkpoints",
-    "resolve_mixed_precision",
     "image_grid",
     "train",
-    "weight_dtype_for",
 ]

@@ -59,6 +59,11 @@ class UNetDiffusionArgs:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     validation_inference_steps: int = flag(25, resume="free")
+    init_from: str | None = flag(
+        None,
+        help="A trained medsd pipeline folder whose U-Net weights start this run (fine-tuning, e.g. privately "
+        "with --dp after public pre-training); the U-Net settings must match it.",
+    )
 
 
 class UNetDiffusionTask(TrainingTask):
@@ -76,6 +81,8 @@ class UNetDiffusionTask(TrainingTask):
         if self.config.block_out_channels:
             overrides["block_out_channels"] = tuple(self.config.block_out_channels)
         unet = build_unet(preset, sample_size=self.config.resolution, **overrides)
+        if self.config.init_from:
+            load_unet_weights(unet, self.config.init_from)
         if self.config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         return unet
@@ -158,3 +165,23 @@ class UNetDiffusionTask(TrainingTask):
     def save(self, output_dir: Path, modules: dict[str, nn.Module], accelerator: Any) -> None:
         self.pipeline(modules["unet"]).save_pretrained(output_dir)
         write_model_card(output_dir, **self.model_card(output_dir))
+
+
+def load_unet_weights(unet: nn.Module, folder: str) -> None:
+    """Load ``FOLDER/unet``'s weights into ``unet``; one line when the folder or the architecture does not fit."""
+    from safetensors.torch import load_file
+
+    from medsd.errors import MedsdConfigError
+
+    path = Path(folder) / "unet" / "diffusion_pytorch_model.safetensors"
+    if not path.is_file():
+        raise MedsdConfigError(
+            f"--init_from {folder}: no {path.relative_to(folder)}; expected a medsd pipeline folder"
+        )
+    try:
+        unet.load_state_dict(load_file(path))
+    except RuntimeError as e:
+        raise MedsdConfigError(
+            f"--init_from {folder}: its U-Net does not match this run's --model/--resolution settings "
+            f"({str(e).splitlines()[1].strip()[:200] if len(str(e).splitlines()) > 1 else e})"
+        ) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import torch
 
@@ -51,3 +52,24 @@ def auto_mixed_precision(device_type: str | None = None) -> str:
     if device_type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "no"
     return "no"
+
+
+def resolve_mixed_precision(requested: str) -> str | None:
+    """'auto' picks bf16 on GPUs that support it, fp16 on other CUDA GPUs, bf16 on CPUs with native
+    bf16 (``precision.cpu_has_native_bf16``) and no on other CPUs.
+
+    Returns None when accelerate's own configuration (``accelerate launch --mixed_precision``) should
+    decide, so a precision given to accelerate is honoured.
+    """
+    if requested != "auto":
+        return requested
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None
+    return auto_mixed_precision()
+
+
+def weight_dtype_for(accelerator: Any) -> torch.dtype:
+    """dtype for frozen weights under the accelerator's mixed precision."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        str(accelerator.mixed_precision), torch.float32
+    )

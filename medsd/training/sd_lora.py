@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import with_epochs
-from .core import Trainer, TrainingTask, TrainResult, diffusion_target, weight_dtype_for
+from .core import Trainer, TrainingTask, TrainResult, diffusion_target
+from .precision import weight_dtype_for
 from .recipe import recipe_main
 from .sd_lora_config import (
     SDLoRATrainConfig,
