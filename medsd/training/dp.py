@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from medsd.errors import MedsdConfigError
+from medsd.run_folder import RunFolder
 
 PRIVACY_TAG = "differential-privacy"
 SUMMARY_KEY = "differential_privacy"
@@ -422,7 +423,7 @@ def model_privacy(model: str | Path | None) -> dict[str, Any] | None:
     """The privacy record of a local model folder's ``train_summary.json`` (None: not trained with DP)."""
     if not model:
         return None
-    path = Path(model) / "train_summary.json"
+    path = RunFolder(model).run_finished
     if not path.is_file():
         return None
     try:
