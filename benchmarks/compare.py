@@ -250,14 +250,11 @@ def summarise_sampling(
 
 
 def _reset_accelerate() -> None:
-    """Forget accelerate's process-wide state, so a second in-process run may use another precision.
+    """Forget accelerate's process-wide state, so a second in-process run may use another precision:
+    what accelerate's own ``AccelerateTestCase`` does after each test."""
+    from accelerate.test_utils.testing import AccelerateTestCase
 
-    accelerate has no public call for this; its own tests use the private ``_reset_state`` methods.
-    """
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    AccelerateTestCase().tearDown()
 
 
 # -- data ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "PhantomDataset": "medsd.data.phantoms",
     "PromptTemplate": "medsd.data.prompts",
     "patient_split": "medsd.data.datasets",
+    "ImageSettings": "medsd.data.datasets",
     "FolderImageDataset": "medsd.data.datasets",
     "CSVImageDataset": "medsd.data.datasets",
     "HFImageDataset": "medsd.data.hf_datasets",

@@ -10,6 +10,7 @@ from medsd.data import (
     DataConfig,
     FolderImageDataset,
     HFImageDataset,
+    ImageSettings,
     PromptTemplate,
     UInt8ImageCache,
     build_dataset,
@@ -110,6 +111,17 @@ def test_skip_bad_images_lists_skipped(kaggle_tree):
             DataConfig(source="folder", path=str(kaggle_tree), split="all", skip_bad_images=True)
         )
     assert len(ds2) == 8 and len(ds2.skipped) == 2
+
+
+def test_image_keywords_are_image_settings(kaggle_tree, tmp_path):
+    ds = FolderImageDataset(kaggle_tree, 40, crop="random", hflip=True, min_size=20, max_aspect=2.0)
+    assert ds.settings == ImageSettings(40, crop="random", hflip=True, min_size=20, max_aspect=2.0)
+    assert (ds.transform.resolution, ds.transform.crop, ds.min_size, ds.max_aspect) == (40, "random", 20, 2.0)
+    with pytest.raises(TypeError, match=r"FolderImageDataset\(\) got unexpected keyword argument\(s\) cropp"):
+        FolderImageDataset(kaggle_tree, 32, cropp="center")
+    csv_path = write_csv(tmp_path / "m.csv", [{"file": str(p)} for p in ds.paths[:2]], ["file"])
+    with pytest.raises(TypeError, match=r"CSVImageDataset\(\) got unexpected keyword argument\(s\) hlfip"):
+        CSVImageDataset(csv_path, "file", allow_outside_root=True, hlfip=True)
 
 
 def test_too_small_image_skipped_or_raises(kaggle_tree):

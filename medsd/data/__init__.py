@@ -41,6 +41,7 @@ _EXPORTS = {
     "PhantomDataset": "phantoms",
     "PromptTemplate": "prompts",
     "patient_split": "datasets",
+    "ImageSettings": "datasets",
     "FolderImageDataset": "datasets",
     "CSVImageDataset": "datasets",
     "HFImageDataset": "hf_datasets",

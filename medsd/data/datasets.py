@@ -9,12 +9,14 @@ builds one from a ``DataConfig``, applies a patient-level split and fits the int
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,45 @@ MAX_ASPECT_RATIO = 4.0
 """Default largest long/short side ratio of an image (a 10x20000 strip is not an image to crop)."""
 
 
+@dataclass
+class ImageSettings:
+    """How an image source checks each native image and turns it into an item: the keyword arguments
+    that ``FolderImageDataset``, ``CSVImageDataset`` and ``HFImageDataset`` share.
+
+    ``resolution``: the output side; ``mapping``: native units -> [-1, 1] (None: chosen from the data by
+    ``default_mapping``); ``crop``, ``affine``, ``hflip``, ``upscale``: the ``ImageTransform`` built when
+    ``transform`` is None; ``prompt_template``: the prompt of items without a caption; ``min_size`` (None:
+    ``default_min_size``) and ``max_aspect``: the smallest side and largest long/short ratio accepted;
+    ``skip_bad_images``: drop images failing the checks at load, listing them in ``skipped``; ``progress``:
+    progress bars for long listings and checks.
+    """
+
+    resolution: int = 64
+    mapping: IntensityMapping | None = None
+    crop: str = "center"
+    affine: bool = False
+    hflip: bool = False
+    upscale: bool = True
+    prompt_template: str | PromptTemplate | None = None
+    transform: ImageTransform | None = None
+    min_size: int | None = None
+    max_aspect: float | None = MAX_ASPECT_RATIO
+    skip_bad_images: bool = False
+    progress: bool = True
+
+    @classmethod
+    def from_keywords(cls, owner: str, resolution: int, keywords: dict[str, Any]) -> ImageSettings:
+        """The settings a dataset constructor's ``resolution`` and other keywords give; an unknown keyword
+        is a ``TypeError`` naming the constructor, as Python's own would."""
+        unknown = sorted(set(keywords) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(
+                f"{owner}() got unexpected keyword argument(s) {', '.join(unknown)}; expected the fields of "
+                "ImageSettings"
+            )
+        return cls(resolution, **keywords)
+
+
 class _ImageItems:
     """Shared behaviour: check, map, transform and package one native image as a dataset item."""
 
@@ -123,27 +164,18 @@ class _ImageItems:
     template: PromptTemplate | None
     name: str
 
-    def _setup(
-        self,
-        resolution,
-        mapping,
-        crop,
-        affine,
-        hflip,
-        upscale,
-        prompt_template,
-        transform,
-        min_size: int | None = None,
-        max_aspect: float | None = MAX_ASPECT_RATIO,
-    ) -> None:
-        self._mapping = mapping
-        self.transform = transform or ImageTransform(resolution, crop, affine, hflip, upscale=upscale)
-        res = int(getattr(self.transform, "resolution", resolution))
-        self.min_size = default_min_size(res) if min_size is None else int(min_size)
-        if max_aspect is not None and not max_aspect >= 1.0:
-            raise MedImageError(f"max_aspect_ratio: expected a number >= 1 or None, got {max_aspect!r}")
-        self.max_aspect = max_aspect
-        self.template = _as_template(prompt_template)
+    def _setup(self, resolution: int, keywords: dict[str, Any]) -> None:
+        s = self.settings = ImageSettings.from_keywords(type(self).__name__, resolution, keywords)
+        self._mapping = s.mapping
+        self.transform = s.transform or ImageTransform(
+            s.resolution, s.crop, s.affine, s.hflip, upscale=s.upscale
+        )
+        res = int(getattr(self.transform, "resolution", s.resolution))
+        self.min_size = default_min_size(res) if s.min_size is None else int(s.min_size)
+        if s.max_aspect is not None and not s.max_aspect >= 1.0:
+            raise MedImageError(f"max_aspect_ratio: expected a number >= 1 or None, got {s.max_aspect!r}")
+        self.max_aspect = s.max_aspect
+        self.template = _as_template(s.prompt_template)
         self.skipped: list[tuple[str, str]] = []
 
     @property
@@ -159,8 +191,74 @@ class _ImageItems:
     def mapping(self, value: IntensityMapping | None) -> None:
         self._mapping = value
 
-    def _auto_samples(self, n: int) -> list[tuple[np.ndarray, dict]]:
+    def read_sample(self, i: int) -> MedImage:
+        """Item ``i`` as a checked ``MedImage`` in native units (before mapping and transforms)."""
         raise NotImplementedError
+
+    def _where(self, i: int) -> str:
+        """The file (or example) item ``i`` comes from, as errors and ``skipped`` name it."""
+        raise NotImplementedError
+
+    def _keep(self, positions: Sequence[int]) -> None:
+        """Restrict this dataset, in place, to the items at ``positions``."""
+        raise NotImplementedError
+
+    def read_native(self, i: int) -> np.ndarray:
+        """Item ``i`` as a float32 HxW array in native units (before mapping and transforms)."""
+        return self.read_sample(i).array
+
+    def samples(self, indices: Sequence[int], strict: bool = True) -> list[tuple[np.ndarray, dict]]:
+        """(array, meta) of items ``indices``; bad items raise when ``strict``, else are left out."""
+        out, first = [], None
+        for i in indices:
+            try:
+                img = self.read_sample(int(i))
+            except MedImageError as e:
+                if strict:
+                    raise
+                first = first or e
+                continue
+            out.append((img.array, img.meta))
+        if not out and first is not None:
+            raise first
+        return out
+
+    def _auto_samples(self, n: int) -> list[tuple[np.ndarray, dict]]:
+        m = len(self)
+        if not m:
+            return []
+        return self.samples(sorted({int(round(v)) for v in np.linspace(0, m - 1, min(n, m))}), strict=False)
+
+    def select(self, indices: Sequence[int]):
+        """A shallow copy restricted to ``indices``."""
+        out = copy.copy(self)
+        out._keep(indices)
+        out.skipped = []
+        return out
+
+    def drop_bad_images(self, progress: bool = True):
+        """Decode every image once; drop unreadable ones (and ones failing the size, aspect and finite-pixel
+        checks), listing them in ``skipped`` as (path, reason) and warning with a summary."""
+        good, skipped = [], []
+        n = len(self)
+        for i in _progress(range(n), n, f"checking {self.name}", progress and n > 200):
+            try:
+                self.read_sample(i)
+                good.append(i)
+            except MedImageError as e:
+                skipped.append((self._where(i), str(e)))
+        self._keep(good)
+        self.skipped = self.skipped + skipped
+        _warn_skipped(self.name, skipped, len(good) + len(skipped))
+        if not good:
+            raise MedImageError(
+                f"{self.name}: no readable images left after skipping {len(skipped)} bad images"
+            )
+        return self
+
+    def _drop_bad_if_asked(self) -> None:
+        if self.settings.skip_bad_images:
+            self.drop_bad_images(progress=self.settings.progress)
 
     def _validate(self, array: np.ndarray, where: str) -> None:
         """Refuse what must not become training or evaluation data: not 2-D, NaN/inf pixels, smaller
@@ -226,10 +324,9 @@ class _RecordDataset(_ImageItems, Dataset):
 
     name = "dataset"
 
-    def _init_records(self, records: list[dict], skip_bad_images: bool, progress: bool = True) -> None:
-        self.records = records
-        if skip_bad_images:
-            self.drop_bad_images(progress=progress)
+    def _init_records(self, records: list[dict]) -> None:
+        self.records = _expand(records, self.settings.progress, self.name)
+        self._drop_bad_if_asked()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -264,33 +361,11 @@ class _RecordDataset(_ImageItems, Dataset):
         self._validate(img.array, _where(r))
         return img
 
-    def read_native(self, i: int) -> np.ndarray:
-        """Item ``i`` as a float32 HxW array in native units (before mapping and transforms)."""
-        return self.read_sample(i).array
+    def _where(self, i: int) -> str:
+        return _where(self.records[i])
 
-    def samples(self, indices: Sequence[int], strict: bool = True) -> list[tuple[np.ndarray, dict]]:
-        """(array, meta) of items ``indices``; bad items raise when ``strict``, else are left out."""
-        out, first = [], None
-        for i in indices:
-            try:
-                img = self.read_sample(int(i))
-            except MedImageError as e:
-                if strict:
-                    raise
-                first = first or e
-                continue
-            out.append((img.array, img.meta))
-        if not out and first is not None:
-            raise first
-        return out
-
-    def _auto_samples(self, n: int) -> list[tuple[np.ndarray, dict]]:
-        if not self.records:
-            return []
-        pick = sorted(
-            {int(round(v)) for v in np.linspace(0, len(self.records) - 1, min(n, len(self.records)))}
-        )
-        return self.samples(pick, strict=False)
+    def _keep(self, positions: Sequence[int]) -> None:
+        self.records = [self.records[int(i)] for i in positions]
 
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
@@ -298,32 +373,6 @@ class _RecordDataset(_ImageItems, Dataset):
         return self._item(
             img.array, r["path"], r["label"], r.get("caption"), r["patient_id"], r["fields"], where=_where(r)
         )
-
-    def select(self, indices: Sequence[int]):
-        """A shallow copy restricted to ``indices``."""
-        out = copy.copy(self)
-        out.records = [self.records[int(i)] for i in indices]
-        out.skipped = []
-        return out
-
-    def drop_bad_images(self, progress: bool = True):
-        """Decode every file once; drop unreadable ones (and ones failing the size, aspect and finite-pixel
-        checks), listing them in ``skipped`` as (path, reason) and warning with a summary."""
-        good, skipped = [], []
-        it = _progress(self.records, len(self.records), f"checking {self.name}", progress and len(self) > 200)
-        for r in it:
-            try:
-                self._validate(_read_record(r).array, _where(r))
-                good.append(r)
-            except MedImageError as e:
-                skipped.append((_where(r), str(e)))
-        self.records, self.skipped = good, self.skipped + skipped
-        _warn_skipped(self.name, skipped, len(good) + len(skipped))
-        if not good:
-            raise MedImageError(
-                f"{self.name}: no readable images left after skipping {len(skipped)} bad files"
-            )
-        return self
 
 
 def _expand(records: list[dict], progress: bool, name: str) -> list[dict]:
@@ -344,43 +393,24 @@ class FolderImageDataset(_RecordDataset):
     sub-folder name, e.g. ``chest_xray/train/PNEUMONIA/x.jpeg`` with ``root="chest_xray/train"`` ->
     ``"PNEUMONIA"``; files directly in ``root`` have label None. NIfTI volumes give one item per non-empty
     axial slice, multi-frame DICOM / multi-page TIFF one per frame. ``patient_id_pattern`` is a regex whose
-    first group, searched in the file name, gives the patient id (e.g. ``r"^(\\d+)_"`` for NIH names)."""
+    first group, searched in the file name, gives the patient id (e.g. ``r"^(\\d+)_"`` for NIH names).
+    Other keywords (``mapping``, ``crop``, ``prompt_template``, ``skip_bad_images``, ...) are the fields of
+    ``ImageSettings``."""
 
     def __init__(
         self,
         root: str | Path,
         resolution: int = 64,
         *,
-        mapping: IntensityMapping | None = None,
-        crop: str = "center",
-        affine: bool = False,
-        hflip: bool = False,
-        upscale: bool = True,
-        prompt_template: str | PromptTemplate | None = None,
         extensions: Sequence[str] = DATASET_EXTENSIONS,
         patient_id_pattern: str | None = None,
-        skip_bad_images: bool = False,
-        transform: ImageTransform | None = None,
-        progress: bool = True,
-        min_size: int | None = None,
-        max_aspect: float | None = MAX_ASPECT_RATIO,
+        **settings: Any,
     ) -> None:
         root = Path(root)
         self.root, self.name = root, str(root)
         if not root.is_dir():
             raise MedImageError(f"{root}: not a directory; expected a folder of images")
-        self._setup(
-            resolution,
-            mapping,
-            crop,
-            affine,
-            hflip,
-            upscale,
-            prompt_template,
-            transform,
-            min_size,
-            max_aspect,
-        )
+        self._setup(resolution, settings)
         files = walk_images(root, extensions)
         if not files:
             raise MedImageError(
@@ -398,14 +428,15 @@ class FolderImageDataset(_RecordDataset):
                 pid = (m.group(1) if m.groups() else m.group(0)) if m else None
             fields = {"filename": p.name}
             records.append({"path": str(p), "label": label, "patient_id": pid, "fields": fields})
-        self._init_records(_expand(records, progress, self.name), skip_bad_images, progress)
+        self._init_records(records)
 
 
 class CSVImageDataset(_RecordDataset):
     """Images listed in a UTF-8 metadata CSV. Paths in ``image_column`` are relative to ``root`` (default: the
     CSV's folder) and must stay inside it unless ``allow_outside_root``. Every column is available to the
     prompt template (e.g. ``{view}``); ``caption_column``, when set and non-empty, is used as the prompt as
-    it is. A row naming a NIfTI volume or multi-frame file gives one item per slice / frame."""
+    it is. A row naming a NIfTI volume or multi-frame file gives one item per slice / frame. Other keywords
+    (``mapping``, ``crop``, ``prompt_template``, ``skip_bad_images``, ...) are the fields of ``ImageSettings``."""
 
     def __init__(
         self,
@@ -417,35 +448,14 @@ class CSVImageDataset(_RecordDataset):
         root: str | Path | None = None,
         resolution: int = 64,
         *,
-        mapping: IntensityMapping | None = None,
-        crop: str = "center",
-        affine: bool = False,
-        hflip: bool = False,
-        upscale: bool = True,
-        prompt_template: str | PromptTemplate | None = None,
-        skip_bad_images: bool = False,
-        transform: ImageTransform | None = None,
-        progress: bool = True,
-        min_size: int | None = None,
-        max_aspect: float | None = MAX_ASPECT_RATIO,
         allow_outside_root: bool = False,
+        **settings: Any,
     ) -> None:
         csv_path = Path(csv_path)
         self.name = str(csv_path)
         if not csv_path.is_file():
             raise MedImageError(f"{csv_path}: CSV file not found")
-        self._setup(
-            resolution,
-            mapping,
-            crop,
-            affine,
-            hflip,
-            upscale,
-            prompt_template,
-            transform,
-            min_size,
-            max_aspect,
-        )
+        self._setup(resolution, settings)
         root = Path(root) if root is not None else csv_path.parent
         columns, rows = read_csv_rows(csv_path)
         roles = dict(
@@ -471,4 +481,4 @@ class CSVImageDataset(_RecordDataset):
                     "fields": {k: v for k, v in row.items() if k is not None},
                 }
             )
-        self._init_records(_expand(records, progress, self.name), skip_bad_images, progress)
+        self._init_records(records)

@@ -70,10 +70,10 @@ def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torc
     return torch.randn(tuple(shape), generator=generator, device=gdev).to(device)
 
 
-def _uniform(
-    low: float, high: float, n: int, generator: torch.Generator | None, device: torch.device
-) -> torch.Tensor:
-    return low + (high - low) * _rand((n,), generator, device)
+def _per_image(name: str, value: Any, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One value per image of ``x``, uniform in ``value`` (a number or a (low, high) range), as [B, 1, 1, 1]."""
+    lo, hi = _range(name, value)
+    return (lo + (hi - lo) * _rand((x.shape[0],), generator, x.device))[:, None, None, None]
 
 
 def _check_images(x: torch.Tensor) -> None:
@@ -155,10 +155,9 @@ def add_gaussian_noise(
     """Add Gaussian noise; sigma (per image, uniform in the range) is in units of the [0, 1] intensity range."""
     _check_images(x)
     g = as_generator(generator)
-    lo, hi = _range("noise_sigma", sigma)
-    s = _uniform(lo, hi, x.shape[0], g, x.device).to(x.dtype)
+    s = _per_image("noise_sigma", sigma, x, g).to(x.dtype)
     noise = _randn(x.shape, g, x.device).to(x.dtype)
-    return x + 2.0 * s[:, None, None, None] * noise  # x is in [-1, 1]: a [0, 1]-sigma doubles
+    return x + 2.0 * s * noise  # x is in [-1, 1]: a [0, 1]-sigma doubles
 
 
 def add_salt_and_pepper(
@@ -167,8 +166,7 @@ def add_salt_and_pepper(
     """Set a fraction ``amount`` (per image, uniform in the range) of pixels to -1 or 1 with equal chance."""
     _check_images(x)
     g = as_generator(generator)
-    lo, hi = _range("sp_amount", amount)
-    a = _uniform(lo, hi, x.shape[0], g, x.device)[:, None, None, None]
+    a = _per_image("sp_amount", amount, x, g)
     u = _rand(x.shape, g, x.device)
     salt = _rand(x.shape, g, x.device) < 0.5
     hit = u < a

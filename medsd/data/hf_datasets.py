@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import warnings
 from collections.abc import Iterator, Sequence
@@ -12,20 +11,11 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, IterableDataset
 
-from .datasets import (
-    MAX_ASPECT_RATIO,
-    SPLITS,
-    _hash_part,
-    _ImageItems,
-    _progress,
-    _RecordDataset,
-    _warn_skipped,
-)
+from .datasets import SPLITS, _hash_part, _ImageItems, _warn_skipped
 from .errors import MedImageError, one_line
-from .intensity import IntensityMapping
 from .io import MedImage, check_finite, pil_to_array, read_image, rgb_to_gray
-from .prompts import PromptTemplate, _missing
-from .transforms import ImageTransform
+from .listing import check_columns
+from .prompts import _missing
 
 
 def _image_to_medimage(value: Any, where: str) -> MedImage:
@@ -138,54 +128,30 @@ class HFImageDataset(_ImageItems, Dataset):
         *,
         data_dir: str | None = None,
         streaming: bool = False,
-        mapping: IntensityMapping | None = None,
-        crop: str = "center",
-        affine: bool = False,
-        hflip: bool = False,
-        upscale: bool = True,
-        prompt_template: str | PromptTemplate | None = None,
-        skip_bad_images: bool = False,
-        transform: ImageTransform | None = None,
-        progress: bool = True,
         load_kwargs: dict | None = None,
-        min_size: int | None = None,
-        max_aspect: float | None = MAX_ASPECT_RATIO,
+        **settings: Any,
     ) -> None:
         self.name = f"{name_or_path}[{split}]"
-        self._setup(
-            resolution,
-            mapping,
-            crop,
-            affine,
-            hflip,
-            upscale,
-            prompt_template,
-            transform,
-            min_size,
-            max_aspect,
-        )
+        self._setup(resolution, settings)
         self.hf = _load_hf(name_or_path, split, data_dir, streaming, **(load_kwargs or {}))
         self.image_column, self.label_column = image_column, label_column
         self.caption_column, self.patient_column = caption_column, patient_column
         features = self.hf.features or {}
         columns = list(features) if features else list(getattr(self.hf, "column_names", None) or [])
-        for role, col in (
-            ("image_column", image_column),
-            ("label_column", label_column),
-            ("caption_column", caption_column),
-            ("patient_column", patient_column),
-        ):
-            if col is not None and columns and col not in columns:
-                raise MedImageError(
-                    f"{self.name}: column {col!r} ({role}) not found; available columns: {', '.join(columns)}"
-                )
+        if columns:
+            roles = dict(
+                image_column=image_column,
+                label_column=label_column,
+                caption_column=caption_column,
+                patient_column=patient_column,
+            )
+            check_columns(self.name, columns, roles)
         self.hf = _undecoded(self.hf, image_column)
         label_feature = features.get(label_column) if label_column and features else None
         self._int2str = getattr(label_feature, "int2str", None)
         if not streaming:
             self.indices = list(range(len(self.hf)))
-            if skip_bad_images:
-                self.drop_bad_images(progress=progress)
+            self._drop_bad_if_asked()
 
     def _label(self, v: Any) -> Any:
         if self._int2str is not None and isinstance(v, int | np.integer):
@@ -238,44 +204,12 @@ class HFImageDataset(_ImageItems, Dataset):
         self._validate(img.array, path)
         return img
 
-    def read_native(self, i: int) -> np.ndarray:
-        return self.read_sample(i).array
+    def _where(self, i: int) -> str:
+        idx = self.indices[i]
+        return self._path(self.hf[idx], idx)
 
-    samples = _RecordDataset.samples
-
-    def _auto_samples(self, n: int) -> list[tuple[np.ndarray, dict]]:
-        if isinstance(self, IterableDataset):
-            return [(img.array, img.meta) for img in self.iter_samples(n, strict=False)]
-        m = len(self.indices)
-        return self.samples(sorted({int(round(v)) for v in np.linspace(0, m - 1, min(n, m))}), strict=False)
-
-    def select(self, indices: Sequence[int]):
-        out = copy.copy(self)
-        out.indices = [self.indices[int(i)] for i in indices]
-        out.skipped = []
-        return out
-
-    def drop_bad_images(self, progress: bool = True):
-        """Decode every example once; drop bad ones, listing them in ``skipped`` and warning a summary."""
-        good, skipped = [], []
-        for idx in _progress(
-            self.indices, len(self.indices), f"checking {self.name}", progress and len(self) > 200
-        ):
-            path = f"hf://{self.name}/{idx}"
-            try:
-                ex = self.hf[idx]
-                path = self._path(ex, idx)
-                self._validate(_image_to_medimage(ex[self.image_column], path).array, path)
-                good.append(idx)
-            except MedImageError as e:
-                skipped.append((path, str(e)))
-        self.indices, self.skipped = good, self.skipped + skipped
-        _warn_skipped(self.name, skipped, len(good) + len(skipped))
-        if not good:
-            raise MedImageError(
-                f"{self.name}: no readable images left after skipping {len(skipped)} bad examples"
-            )
-        return self
+    def _keep(self, positions: Sequence[int]) -> None:
+        self.indices = [self.indices[int(i)] for i in positions]
 
 
 class HFStreamingImageDataset(HFImageDataset, IterableDataset):
@@ -287,14 +221,17 @@ class HFStreamingImageDataset(HFImageDataset, IterableDataset):
     Bad examples are skipped (and listed in ``skipped``) when ``skip_bad_images`` is set.
     """
 
-    def __init__(self, *args: Any, skip_bad_images: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.skip_bad_images = skip_bad_images
+        self.skip_bad_images = self.settings.skip_bad_images
         self.max_samples: int | None = None
         self.part: tuple[str, tuple[float, ...], int] | None = None
 
     def __len__(self) -> int:
         raise TypeError("a streaming HFImageDataset has no length; iterate over it")
+
+    def _auto_samples(self, n: int) -> list[tuple[np.ndarray, dict]]:
+        return [(img.array, img.meta) for img in self.iter_samples(n, strict=False)]
 
     def __getitem__(self, i: int) -> dict:
         raise TypeError("a streaming HFImageDataset is not indexable; iterate over it")
