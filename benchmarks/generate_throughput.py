@@ -62,7 +62,8 @@ def _round(launch: list[str], tmp: str, model: Path, recipe: Path, args: argpars
     Path(f"{tmp}/recipe_out").mkdir()
     t_recipe = _timed([*launch, str(recipe), str(model), f"{tmp}/recipe_out", n, b, s], env)
     medsd = ["-m", "medsd", "generate", str(model), "--out", f"{tmp}/medsd_out", "--num_images", n]
-    t_medsd = _timed([*launch, *medsd, "--batch_size", b, "--num_inference_steps", s], env)
+    medsd += ["--batch_size", b, "--num_inference_steps", s, "--dtype", args.medsd_dtype]
+    t_medsd = _timed([*launch, *medsd], env)
     return {"recipe_s": t_recipe, "medsd_s": t_medsd, "ratio": t_recipe / t_medsd}
 
 
@@ -84,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="alternate the two arms this many times")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--medsd_dtype",
+        default="auto",
+        help="medsd generate's --dtype (auto: its default; float32: the recipe's precision, to see medsd's "
+        "bookkeeping cost alone)",
+    )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in rounds[-1].items()), flush=True)
     workload = (
         f"light-ct {args.resolution} px, {args.num_images} images, batch {args.batch_size}, {args.steps} steps, "
-        f"{args.processes} {args.device} processes (torch.distributed.run)"
+        f"{args.processes} {args.device} processes (torch.distributed.run), medsd --dtype {args.medsd_dtype}"
     )
     t_recipe = statistics.median(r["recipe_s"] for r in rounds)
     t_medsd = statistics.median(r["medsd_s"] for r in rounds)

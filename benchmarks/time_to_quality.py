@@ -68,7 +68,17 @@ def prepare(args: argparse.Namespace) -> None:
 def medsd(args: argparse.Namespace) -> None:
     """Run ``medsd train ddpm --config CONFIG`` into OUT/medsd, recording its launch time as the stock side does."""
     out = Path(args.out)
-    cmd = [sys.executable, "-m", "medsd", "train", "ddpm", "--config", args.config, "--output_dir", str(out / "medsd")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medsd",
+        "train",
+        "ddpm",
+        "--config",
+        args.config,
+        "--output_dir",
+        str(out / "medsd"),
+    ]
     (out / "medsd_start.json").write_text(json.dumps({"start": time.time(), "command": cmd}))
     subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
 
