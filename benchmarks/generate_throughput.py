@@ -6,7 +6,9 @@ steps and number of processes.
 
 The recipe is the one of diffusers' "Distributed inference" page: ``PartialState().split_between_processes``
 over the work list, one pipeline call per batch, each process saving its images (no per-image seeds, no
-resume, no manifest), in the pipeline's default precision (float32). medsd runs ``python -m medsd generate``
+resume, no manifest), in the pipeline's default precision (float32). On a CPU the recipe passes
+``PartialState(cpu=True)``: the page's bare ``PartialState()`` does not see a ``torchrun`` launch there (accelerate
+only detects a multi-CPU run when asked for the CPU), so every process would draw every image. medsd runs ``python -m medsd generate``
 with its defaults (``--dtype auto``: bf16 autocast on CPUs with native bf16; ``--batch_invariant auto``:
 batched there), writing sidecars, manifest parts, ``metadata.jsonl`` and the card. Both are
 started with ``torch.distributed.run --nproc_per_node N`` (gloo on CPU), and timed from start to exit
@@ -32,7 +34,7 @@ from accelerate import PartialState
 from medsd.pipelines.ddpm import MedDDPMPipeline
 
 model, out, n, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-state = PartialState()
+state = PartialState(cpu=not torch.cuda.is_available())  # on a CPU, PartialState() alone does not split
 pipe = MedDDPMPipeline.from_pretrained(model).to(state.device)
 pipe.set_progress_bar_config(disable=True)
 with state.split_between_processes(list(range(n))) as indices:
