@@ -73,14 +73,7 @@ def stream_feature_stats(
 def whole_set_fd_section(cfg: Any, extractors: dict[str, Any], log=print) -> dict[str, Any]:
     """``report["whole_set_fd"]`` of ``medsd eval``: the FD on raw features of every real and every generated
     image (``cfg.max_images`` aside), one chunk in memory at a time."""
-    load = dict(
-        image_column=cfg.filename_column,
-        label_column=cfg.label_column,
-        patient_column=cfg.patient_column,
-        intensity=cfg.intensity,
-        window=cfg.window,
-        seed=cfg.seed,
-    )
+    load = dict(image_column=cfg.filename_column, **cfg.read_options())
     section: dict[str, Any] = {
         "note": f"Fréchet distance on raw features of every image of both sets, streamed {CHUNK_SIZE} at a "
         "time and merged from sufficient statistics (equal to the FD of all features at once)"

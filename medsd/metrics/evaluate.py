@@ -159,6 +159,16 @@ class EvalConfig:
     def __post_init__(self) -> None:
         self.lpips = self.lpips or bool(self.lpips_weights)
 
+    def read_options(self) -> dict[str, Any]:
+        """How every set is read (columns, intensity mapping, seed): the same for in-memory and streamed sets."""
+        return dict(
+            label_column=self.label_column,
+            patient_column=self.patient_column,
+            intensity=self.intensity,
+            window=self.window,
+            seed=self.seed,
+        )
+
 
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
@@ -482,14 +492,7 @@ def load_inputs(cfg: EvalConfig, log: Callable[[str], Any] = print) -> EvalInput
         for name in cfg.features
     }
     load = dict(
-        size=cfg.size,
-        label_column=cfg.label_column,
-        filename_column=cfg.filename_column,
-        patient_column=cfg.patient_column,
-        intensity=cfg.intensity,
-        window=cfg.window,
-        seed=cfg.seed,
-        progress=cfg.progress,
+        size=cfg.size, filename_column=cfg.filename_column, progress=cfg.progress, **cfg.read_options()
     )
     real = load_subsampled(
         cfg.real, label=cfg.real_label, split=cfg.real_split, max_images=cfg.max_images, **load
